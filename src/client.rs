@@ -1,0 +1,87 @@
+//! The small clients: `pnsd publish`, `pnsd stats` (one line each over the publish socket)
+//! and `pnsd token` (mints a subscriber token).
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::token::{self, Secret};
+
+/// How long a client waits for the server's answer line.
+const ANSWER_WAIT: Duration = Duration::from_secs(10);
+
+/// Sends one line and returns the answer line (without its newline).
+fn exchange(socket: &Path, line: &str) -> Result<String, String> {
+    let mut s = UnixStream::connect(socket)
+        .map_err(|e| format!("cannot connect to {}: {e}", socket.display()))?;
+    s.set_read_timeout(Some(ANSWER_WAIT))
+        .map_err(|e| e.to_string())?;
+    s.write_all(line.as_bytes())
+        .and_then(|_| s.write_all(b"\n"))
+        .map_err(|e| format!("cannot send to {}: {e}", socket.display()))?;
+    let mut answer = String::new();
+    BufReader::new(&s)
+        .read_line(&mut answer)
+        .map_err(|e| format!("no answer from {}: {e}", socket.display()))?;
+    if answer.is_empty() {
+        return Err(format!("{} closed without answering", socket.display()));
+    }
+    Ok(answer.trim_end().to_string())
+}
+
+fn print_answer(answer: Result<String, String>) -> i32 {
+    match answer {
+        Ok(line) => {
+            println!("{line}");
+            let ok = serde_json::from_str::<serde_json::Value>(&line)
+                .map(|v| v["ok"] == serde_json::Value::Bool(true))
+                .unwrap_or(false);
+            if ok {
+                0
+            } else {
+                1
+            }
+        }
+        Err(e) => {
+            eprintln!("pnsd: {e}");
+            1
+        }
+    }
+}
+
+/// The request line of `pnsd publish`. `data` is sent as given; raw CR/LF (which valid JSON
+/// can only hold as whitespace between tokens) become spaces so the line stays one line.
+pub fn publish_line(kind: Option<i64>, channel: &str, data: &str) -> String {
+    let data = data.replace(['\n', '\r'], " ");
+    let mut line = String::from("{\"channel\":");
+    line.push_str(&serde_json::to_string(channel).unwrap_or_default());
+    if let Some(k) = kind {
+        line.push_str(&format!(",\"type\":{k}"));
+    }
+    line.push_str(",\"data\":");
+    line.push_str(&data);
+    line.push('}');
+    line
+}
+
+pub fn publish(socket: &Path, kind: Option<i64>, channel: &str, data: &str) -> i32 {
+    print_answer(exchange(socket, &publish_line(kind, channel, data)))
+}
+
+pub fn stats(socket: &Path) -> i32 {
+    print_answer(exchange(socket, "{\"op\":\"stats\"}"))
+}
+
+pub fn token(secret_file: &Path, channels: &[String], ttl: u64, sub: Option<&str>) -> i32 {
+    let secret = match Secret::from_file(secret_file) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("pnsd: cannot read {}: {e}", secret_file.display());
+            return 2;
+        }
+    };
+    let exp = (token::unix_now() as u64).saturating_add(ttl);
+    println!("{}", token::mint(&secret, channels, exp, sub));
+    0
+}

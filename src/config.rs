@@ -1,0 +1,55 @@
+//! The server's configuration, as the command line gives it (see `cli`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Defaults of the contract (PROTOCOL.md section 1).
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_PUBLISH_SOCKET: &str = "./pnsd.sock";
+pub const DEFAULT_HOLD_SECS: u64 = 30;
+pub const DEFAULT_MAX_HOLD_SECS: u64 = 120;
+pub const DEFAULT_BUFFER: usize = 64;
+pub const DEFAULT_MESSAGE_TTL_SECS: u64 = 600;
+/// File descriptors kept back from `--max-connections`' default: listeners, the publish socket
+/// and its clients, epoll and waker fds, log files, with room to spare.
+pub const FD_RESERVE: u64 = 128;
+
+/// Everything `serve` needs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: Vec<SocketAddr>,
+    pub publish_socket: PathBuf,
+    /// File mode of the publish socket (0600 unless `--publish-socket-mode` widens it).
+    pub publish_socket_mode: u32,
+    pub threads: usize,
+    pub hold_secs: u64,
+    pub max_hold_secs: u64,
+    pub buffer: usize,
+    pub message_ttl_secs: u64,
+    /// `None`: derived from RLIMIT_NOFILE at start.
+    pub max_connections: Option<usize>,
+    pub secret_file: Option<PathBuf>,
+    pub allow_anonymous: bool,
+    pub cors_origin: Option<String>,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            listen: vec![DEFAULT_LISTEN.parse().expect("constant address parses")],
+            publish_socket: PathBuf::from(DEFAULT_PUBLISH_SOCKET),
+            publish_socket_mode: 0o600,
+            threads: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            hold_secs: DEFAULT_HOLD_SECS,
+            max_hold_secs: DEFAULT_MAX_HOLD_SECS,
+            buffer: DEFAULT_BUFFER,
+            message_ttl_secs: DEFAULT_MESSAGE_TTL_SECS,
+            max_connections: None,
+            secret_file: None,
+            allow_anonymous: false,
+            cors_origin: None,
+        }
+    }
+}

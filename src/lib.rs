@@ -1,0 +1,33 @@
+//! pnsd: a dense long-polling push server.
+//!
+//! The data path, in the order a request meets it:
+//! - `server`: start-up (limits, sockets, threads, signals) and the drain;
+//! - `reactor`: one mio event loop per core; accepts, dispatches events, ticks the wheel;
+//! - `conn`: one HTTP connection's state machine and socket I/O;
+//! - `http`: request head parsing (httparse), no I/O; `query`: the poll's parameters;
+//! - `poll`: the endpoints: answer at once or park; encodes answers; `response`: HTTP bytes;
+//! - `token`: HS256 subscriber tokens;
+//! - `waiters`: which parked polls wait on which channel (per reactor);
+//! - `wheel`: the hashed timer wheel of hold, head, idle and write deadlines;
+//! - `store`, `cursor`: channel buffers, the global message order and cursors;
+//! - `publish`: the Unix publish socket (NDJSON) and its thread;
+//! - `hub`: what the threads share; `pool`: read buffers; `cli`, `client`, `config`.
+
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod conn;
+pub mod cursor;
+pub mod http;
+pub mod hub;
+pub mod poll;
+pub mod pool;
+pub mod publish;
+pub mod query;
+pub mod reactor;
+pub mod response;
+pub mod server;
+pub mod store;
+pub mod token;
+pub mod waiters;
+pub mod wheel;

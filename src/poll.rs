@@ -1,0 +1,258 @@
+//! The endpoints: from a parsed request head to an answer or a poll to park. No I/O.
+//!
+//! `handle` decides everything the contract says about one request (routing, 404/405, CORS,
+//! query and cursor validation, tokens, "answer at once or park"); the reactor only moves bytes
+//! and timers. `answer` encodes a poll's answer; the reactor calls it again when a parked poll
+//! wakes (publish, hold expiry), always from a fresh read of the store with the poll's own
+//! cursor, so an answer never skips a message that was published after the poll looked.
+//!
+//! Channel resolution (`resolve_channels`) is the one place tokens enter: without a secret the
+//! query names the channels; with one, the token grants them.
+
+use crate::cursor;
+use crate::http::{self, Method, RequestHead};
+use crate::hub::Hub;
+use crate::query::{self, PollQuery, QueryError, MAX_CHANNELS};
+use crate::response::{self, ApiError, Extra};
+use crate::store::Found;
+use crate::token;
+
+/// Contract: at most 100 messages per answer.
+pub const MAX_PER_ANSWER: usize = 100;
+
+pub const POLL_PATH: &str = "/pns/poll";
+pub const HEALTH_PATH: &str = "/pns/health";
+
+/// A poll to park.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Park {
+    pub channels: Vec<String>,
+    /// The cursor's seq: the poll wants messages after it.
+    pub after: u64,
+    /// How long to hold, in ms (> 0).
+    pub hold_ms: u64,
+    /// Close the connection after the answer (HTTP/1.0 or `Connection: close`).
+    pub close: bool,
+}
+
+/// What to do with one request.
+#[derive(Debug)]
+pub enum Outcome {
+    Respond { bytes: Vec<u8>, close: bool },
+    Park(Park),
+}
+
+fn query_error(e: QueryError) -> ApiError {
+    ApiError::new(400, e.code(), e.message())
+}
+
+fn token_error(e: token::TokenError) -> ApiError {
+    ApiError::new(401, e.code(), e.message())
+}
+
+const TOO_MANY: ApiError = ApiError::new(
+    400,
+    "too_many_channels",
+    "a poll may wait on at most 16 channels",
+);
+
+/// The channels a poll waits on: the query's (checked against the token when a secret is set),
+/// or, with a token and none named, every channel the token grants.
+pub fn resolve_channels(
+    head: &RequestHead,
+    q: &PollQuery,
+    hub: &Hub,
+) -> Result<Vec<String>, ApiError> {
+    let Some(secret) = &hub.secret else {
+        if q.channels.is_empty() {
+            return Err(response::NO_CHANNEL);
+        }
+        return Ok(q.channels.clone());
+    };
+    let tok = match &head.authorization {
+        Some(h) => {
+            let h = h.trim();
+            let (scheme, rest) = h.split_once(' ').unwrap_or((h, ""));
+            if !scheme.eq_ignore_ascii_case("bearer") || rest.trim().is_empty() {
+                return Err(response::NOT_BEARER);
+            }
+            rest.trim().to_string()
+        }
+        None => match &q.sid {
+            Some(s) => s.clone(),
+            None => return Err(response::TOKEN_MISSING),
+        },
+    };
+    let claims = token::verify(secret, &tok, token::unix_now()).map_err(token_error)?;
+    if q.channels.is_empty() {
+        if claims.channels.is_empty() {
+            return Err(response::NO_CHANNEL);
+        }
+        if claims.channels.len() > MAX_CHANNELS {
+            return Err(TOO_MANY);
+        }
+        return Ok(claims.channels);
+    }
+    if q.channels
+        .iter()
+        .all(|c| claims.channels.iter().any(|g| g == c))
+    {
+        Ok(q.channels.clone())
+    } else {
+        Err(response::FORBIDDEN_CHANNEL)
+    }
+}
+
+/// Decides what to do with one request head (see the module documentation).
+pub fn handle(head: &RequestHead, hub: &Hub, now_ms: u64) -> Outcome {
+    let close = !head.keep_alive || hub.is_draining();
+    let cors = hub.config.cors_origin.as_deref();
+    let err = |e: ApiError, cors: Option<&str>| {
+        let mut bytes = Vec::with_capacity(256);
+        let extra = Extra {
+            close,
+            cors,
+            allow: match e.status {
+                405 if head.path == HEALTH_PATH => Some("GET"),
+                405 => Some("GET, OPTIONS"),
+                _ => None,
+            },
+            ..Extra::default()
+        };
+        response::write_error(&mut bytes, &e, &extra);
+        Outcome::Respond {
+            bytes,
+            close: close || e.closes(),
+        }
+    };
+    let on_poll = head.path == POLL_PATH;
+    let cors_here = if on_poll { cors } else { None };
+    if head.method == Method::Get && (head.content_length > 0 || head.transfer_encoding) {
+        return err(response::BODY_NOT_ALLOWED, cors_here);
+    }
+    if hub.is_draining() {
+        return err(response::DRAINING, cors_here);
+    }
+    match (head.path.as_str(), head.method) {
+        (POLL_PATH, Method::Get) => {}
+        (POLL_PATH, Method::Options) => {
+            let mut bytes = Vec::with_capacity(256);
+            let extra = Extra {
+                close,
+                cors,
+                allow: Some("GET, OPTIONS"),
+                preflight: true,
+                ..Extra::default()
+            };
+            response::write(&mut bytes, 204, &extra, b"");
+            return Outcome::Respond { bytes, close };
+        }
+        (HEALTH_PATH, Method::Get) => {
+            let mut bytes = Vec::with_capacity(128);
+            response::write(
+                &mut bytes,
+                200,
+                &Extra {
+                    close,
+                    ..Extra::default()
+                },
+                b"{\"ok\":true}",
+            );
+            return Outcome::Respond { bytes, close };
+        }
+        (POLL_PATH, _) | (HEALTH_PATH, _) => return err(response::METHOD_NOT_ALLOWED, cors_here),
+        _ => return err(response::NOT_FOUND, None),
+    }
+
+    let q = match query::parse_poll_query(&head.query) {
+        Ok(q) => q,
+        Err(e) => return err(query_error(e), cors),
+    };
+    let channels = match resolve_channels(head, &q, hub) {
+        Ok(c) => c,
+        Err(e) => return err(e, cors),
+    };
+    let cursor_text = q
+        .cursor
+        .as_deref()
+        .or_else(|| head.if_none_match.as_deref().and_then(http::etag_cursor));
+    let hold_secs = q
+        .hold
+        .unwrap_or(hub.config.hold_secs)
+        .min(hub.config.max_hold_secs);
+
+    let store = hub.read();
+    let epoch = store.epoch();
+    let (after, foreign) = match cursor_text {
+        None | Some("") => (store.last_seq(), false),
+        Some(t) => match cursor::decode(t) {
+            None => return err(response::BAD_CURSOR, cors),
+            Some(c) if c.epoch != epoch => (0, true),
+            Some(c) if c.seq > store.last_seq() => return err(response::BAD_CURSOR, cors),
+            Some(c) => (c.seq, false),
+        },
+    };
+    let mut found = store.read(&channels, after, now_ms, MAX_PER_ANSWER);
+    drop(store);
+    found.reset |= foreign;
+    if found.messages.is_empty() && !found.reset && hold_secs > 0 {
+        return Outcome::Park(Park {
+            channels,
+            after,
+            hold_ms: hold_secs.saturating_mul(1000),
+            close,
+        });
+    }
+    let bytes = answer(&found, &channels, epoch, close, cors);
+    Outcome::Respond { bytes, close }
+}
+
+/// The whole HTTP response answering a poll on `channels` with what `found` holds.
+pub fn answer<S: AsRef<str>>(
+    found: &Found,
+    channels: &[S],
+    epoch: u64,
+    close: bool,
+    cors: Option<&str>,
+) -> Vec<u8> {
+    let last = found.messages.last().map_or(found.last_seq, |m| m.seq);
+    let tag = cursor::encode(epoch, last);
+    let mut body = Vec::with_capacity(64 + found.messages.len() * 96);
+    body.extend_from_slice(b"{\"c\":");
+    body.extend_from_slice(found.messages.len().to_string().as_bytes());
+    body.extend_from_slice(b",\"msg\":[");
+    for (i, m) in found.messages.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        let ch = m.first_channel_in(channels).unwrap_or(&m.channels[0]);
+        m.encode_into(&mut body, ch);
+    }
+    body.extend_from_slice(b"],\"cursor\":\"");
+    body.extend_from_slice(tag.as_bytes());
+    body.push(b'"');
+    if found.reset {
+        body.extend_from_slice(b",\"reset\":true");
+    }
+    body.push(b'}');
+    let mut out = Vec::with_capacity(body.len() + 256);
+    let extra = Extra {
+        close,
+        cors,
+        etag: Some(&tag),
+        ..Extra::default()
+    };
+    response::write(&mut out, 200, &extra, &body);
+    out
+}
+
+/// An empty answer (`c` = 0) whose cursor is `seq`: the drain's answer, which must not advance
+/// a poll past anything it was not given.
+pub fn empty_answer(epoch: u64, seq: u64, close: bool, cors: Option<&str>) -> Vec<u8> {
+    let found = Found {
+        messages: Vec::new(),
+        reset: false,
+        last_seq: seq,
+    };
+    answer::<&str>(&found, &[], epoch, close, cors)
+}

@@ -1,0 +1,269 @@
+//! Start-up and shutdown of `pnsd serve`: limits, sockets, threads, signals, the drain.
+//!
+//! Order matters: everything that can fail (secret, publish socket, every listener of every
+//! thread) is done before any thread starts and before the start-up line is printed, so a
+//! failed start leaves nothing behind (a socket file it created is removed) and a printed line
+//! means the server is reachable at every address it names.
+
+use std::fs;
+use std::io::{self, Write as _};
+use std::net::SocketAddr;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use log::{info, warn};
+use mio::net::{TcpListener, UnixListener};
+use mio::{Poll, Waker};
+use socket2::{Domain, Socket, Type};
+
+use crate::config::{Config, FD_RESERVE};
+use crate::cursor;
+use crate::hub::{Command, Hub, ReactorLink};
+use crate::publish::Publisher;
+use crate::reactor::{Reactor, DRAIN_MS, WAKER};
+use crate::token::Secret;
+
+/// Pending connections the kernel may queue per listener (clamped by net.core.somaxconn).
+pub const LISTEN_BACKLOG: i32 = 65_535;
+/// The contract's exit deadline after a signal is 5 s; threads get this much to finish.
+const EXIT_WAIT: Duration = Duration::from_millis(DRAIN_MS + 700);
+
+/// Why `serve` did not start: 2 for a bad option, 1 for a run-time failure.
+#[derive(Debug)]
+pub enum StartError {
+    Usage(String),
+    Runtime(String),
+}
+
+impl StartError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            StartError::Usage(_) => 2,
+            StartError::Runtime(_) => 1,
+        }
+    }
+
+    pub fn message(&self) -> &str {
+        match self {
+            StartError::Usage(m) | StartError::Runtime(m) => m,
+        }
+    }
+}
+
+/// Raises the soft open-file limit to the hard one and returns it.
+pub fn raise_nofile() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit write/read the struct we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 1024;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let want = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
+                lim.rlim_cur = lim.rlim_max;
+            }
+        }
+    }
+    #[allow(clippy::unnecessary_cast)] // rlim_t is not u64 on every target
+    let cur = lim.rlim_cur as u64;
+    cur
+}
+
+/// Binds the publish socket: a socket file left by a dead server is replaced; a live server
+/// or a non-socket at the path is an error.
+fn bind_publish_socket(path: &Path, mode: u32) -> Result<UnixListener, StartError> {
+    match fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(StartError::Runtime(format!(
+                    "a live server already listens on {}",
+                    path.display()
+                )));
+            }
+            fs::remove_file(path).map_err(|e| {
+                StartError::Runtime(format!(
+                    "cannot replace stale socket {}: {e}",
+                    path.display()
+                ))
+            })?;
+        }
+        Ok(_) => {
+            return Err(StartError::Runtime(format!(
+                "{} exists and is not a socket",
+                path.display()
+            )))
+        }
+        Err(_) => {}
+    }
+    // SAFETY: umask only changes this process's file creation mask; no other thread runs yet.
+    let old = unsafe { libc::umask(0o177) };
+    let bound = UnixListener::bind(path);
+    unsafe { libc::umask(old) };
+    let l = bound.map_err(|e| {
+        StartError::Runtime(format!(
+            "cannot bind publish socket {}: {e}",
+            path.display()
+        ))
+    })?;
+    if mode != 0o600 {
+        let _ = fs::set_permissions(path, fs::Permissions::from_mode(mode));
+    }
+    Ok(l)
+}
+
+fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(LISTEN_BACKLOG)?;
+    Ok(TcpListener::from_std(s.into()))
+}
+
+/// Binds every address once per thread; port 0 is resolved by the first bind and reused.
+fn bind_all(config: &Config) -> Result<(Vec<Vec<TcpListener>>, Vec<SocketAddr>), StartError> {
+    let mut resolved = Vec::with_capacity(config.listen.len());
+    let mut per_thread: Vec<Vec<TcpListener>> = (0..config.threads).map(|_| Vec::new()).collect();
+    for &addr in &config.listen {
+        let mut real = addr;
+        for (t, slot) in per_thread.iter_mut().enumerate() {
+            let l = bind_listener(real)
+                .map_err(|e| StartError::Runtime(format!("cannot listen on {real}: {e}")))?;
+            if t == 0 {
+                real = l
+                    .local_addr()
+                    .map_err(|e| StartError::Runtime(format!("cannot listen on {addr}: {e}")))?;
+            }
+            slot.push(l);
+        }
+        resolved.push(real);
+    }
+    Ok((per_thread, resolved))
+}
+
+/// The max-connections default: the open-file limit less a reserve.
+pub fn default_max_connections(nofile: u64) -> usize {
+    nofile.saturating_sub(FD_RESERVE).max(1) as usize
+}
+
+/// Runs the server until a signal's drain completes. Returns the exit status.
+pub fn serve(config: Config) -> Result<(), StartError> {
+    let secret = match &config.secret_file {
+        Some(p) => Some(Secret::from_file(p).map_err(|e| {
+            StartError::Usage(format!("cannot use --secret-file {}: {e}", p.display()))
+        })?),
+        None => None,
+    };
+    let nofile = raise_nofile();
+    let max_connections = config
+        .max_connections
+        .unwrap_or_else(|| default_max_connections(nofile));
+    let signals = signal_hook::iterator::Signals::new([libc::SIGTERM, libc::SIGINT])
+        .map_err(|e| StartError::Runtime(format!("cannot install signal handlers: {e}")))?;
+
+    let publish_listener = bind_publish_socket(&config.publish_socket, config.publish_socket_mode)?;
+    let socket_path: PathBuf = config.publish_socket.clone();
+    let (listeners, addrs) = match bind_all(&config) {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = fs::remove_file(&socket_path);
+            return Err(e);
+        }
+    };
+
+    let threads = config.threads;
+    let hub = Arc::new(Hub::new(
+        config,
+        max_connections,
+        secret,
+        cursor::random_epoch(),
+    ));
+    let mut links = Vec::with_capacity(threads);
+    let mut reactors = Vec::with_capacity(threads);
+    for l in listeners {
+        let setup = || -> io::Result<(Reactor, ReactorLink)> {
+            let poll = Poll::new()?;
+            let waker = Waker::new(poll.registry(), WAKER)?;
+            let (tx, rx) = mpsc::channel();
+            let r = Reactor::new(poll, l, hub.clone(), rx)?;
+            Ok((
+                r,
+                ReactorLink {
+                    commands: tx,
+                    waker,
+                },
+            ))
+        };
+        let (r, link) = setup().map_err(|e| {
+            let _ = fs::remove_file(&socket_path);
+            StartError::Runtime(format!("cannot start a reactor: {e}"))
+        })?;
+        reactors.push(r);
+        links.push(link);
+    }
+    let links = Arc::new(links);
+    let (publisher, publisher_link) = Publisher::new(publish_listener, hub.clone(), links.clone())
+        .map_err(|e| {
+            let _ = fs::remove_file(&socket_path);
+            StartError::Runtime(format!("cannot start the publish thread: {e}"))
+        })?;
+
+    let mut handles = Vec::new();
+    for (i, r) in reactors.into_iter().enumerate() {
+        let h = std::thread::Builder::new()
+            .name(format!("pnsd-reactor-{i}"))
+            .spawn(move || r.run())
+            .map_err(|e| StartError::Runtime(format!("cannot spawn a reactor thread: {e}")))?;
+        handles.push(h);
+    }
+    handles.push(
+        std::thread::Builder::new()
+            .name("pnsd-publish".into())
+            .spawn(move || publisher.run())
+            .map_err(|e| StartError::Runtime(format!("cannot spawn the publish thread: {e}")))?,
+    );
+
+    let urls: Vec<String> = addrs.iter().map(|a| format!("http://{a}")).collect();
+    println!(
+        "pnsd listening on {} publish={} threads={}",
+        urls.join(" "),
+        socket_path.display(),
+        threads
+    );
+    let _ = io::stdout().flush();
+    info!("max connections {max_connections}, open-file limit {nofile}");
+
+    let mut signals = signals;
+    if let Some(sig) = signals.forever().next() {
+        info!("signal {sig}: draining");
+    }
+    let started = Instant::now();
+    hub.draining.store(true, Ordering::Relaxed);
+    for l in links.iter() {
+        l.send(Command::Drain);
+    }
+    let _ = publisher_link.drain.send(());
+    let _ = publisher_link.waker.wake();
+    while started.elapsed() < EXIT_WAIT && handles.iter().any(|h| !h.is_finished()) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    if handles.iter().any(|h| !h.is_finished()) {
+        warn!("drain did not finish in time; exiting anyway");
+    }
+    let _ = fs::remove_file(&socket_path);
+    Ok(())
+}
