@@ -292,6 +292,16 @@ impl Reactor {
             };
             if c.has_output() {
                 match c.flush() {
+                    Ok(true) if !c.close_after => {
+                        // The write deadline is over; the connection waits for a request again.
+                        let t = if c.pending.as_ref().is_some_and(|p| !p.input.is_empty()) {
+                            HEAD_TIMEOUT_MS
+                        } else {
+                            IDLE_TIMEOUT_MS
+                        };
+                        self.arm(key, t);
+                        continue;
+                    }
                     Ok(true) => {}
                     Ok(false) => break Step::Wait,
                     Err(_) => break Step::Close,
@@ -377,6 +387,10 @@ impl Reactor {
             }
             // Need more bytes.
             if !c.readable {
+                if c.read_closed && start == filled {
+                    // The peer sent its last request and everything is answered.
+                    break Step::Close;
+                }
                 break Step::Wait;
             }
             if start > 0 {
