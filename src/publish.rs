@@ -41,6 +41,9 @@ const SWEEP_MS: u64 = 1000;
 /// How long a stats request waits for the reactors' reports.
 const STATS_WAIT: Duration = Duration::from_secs(1);
 
+/// How long accepting pauses after EMFILE/ENFILE (as the reactors do).
+const ACCEPT_PAUSE_MS: u64 = crate::reactor::ACCEPT_PAUSE_MS;
+
 const WAKER: Token = Token(0);
 const LISTENER: Token = Token(1);
 const CONN_BASE: usize = 2;
@@ -170,6 +173,8 @@ pub struct Publisher {
     touched: BTreeSet<Box<str>>,
     touched_upto: u64,
     next_sweep: u64,
+    /// After EMFILE/ENFILE on accept: when to try again (the listener's edge is spent).
+    accept_retry_at: Option<u64>,
     draining: bool,
 }
 
@@ -202,6 +207,7 @@ impl Publisher {
                 touched: BTreeSet::new(),
                 touched_upto: 0,
                 next_sweep: now + SWEEP_MS,
+                accept_retry_at: None,
                 draining: false,
             },
             PublisherLink { drain: tx, waker },
@@ -213,10 +219,12 @@ impl Publisher {
         let mut events = Events::with_capacity(256);
         let mut again: Vec<usize> = Vec::new();
         loop {
-            let timeout = if again.is_empty() {
-                Duration::from_millis(SWEEP_MS)
-            } else {
+            let timeout = if !again.is_empty() {
                 Duration::ZERO
+            } else if self.accept_retry_at.is_some() {
+                Duration::from_millis(ACCEPT_PAUSE_MS)
+            } else {
+                Duration::from_millis(SWEEP_MS)
             };
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != io::ErrorKind::Interrupted {
@@ -249,6 +257,10 @@ impl Publisher {
             }
             self.notify();
             let now = self.hub.clock.now_ms();
+            if self.accept_retry_at.is_some_and(|t| now >= t) {
+                self.accept_retry_at = None;
+                self.accept();
+            }
             if now >= self.next_sweep {
                 self.hub.write().expire(now);
                 self.next_sweep = now + SWEEP_MS;
@@ -264,6 +276,9 @@ impl Publisher {
     }
 
     fn accept(&mut self) {
+        if self.accept_retry_at.is_some() {
+            return;
+        }
         // Bounded: the backlog is finite and each pass takes one connection or stops.
         while let Some(l) = self.listener.as_ref() {
             match l.accept() {
@@ -290,7 +305,10 @@ impl Publisher {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    warn!("publish accept failed: {e}");
+                    // EMFILE and friends: the waiting publisher stays in the backlog and no new
+                    // edge will come for it, so retry after a pause.
+                    warn!("publish accept failed, retrying in {ACCEPT_PAUSE_MS} ms: {e}");
+                    self.accept_retry_at = Some(self.hub.clock.now_ms() + ACCEPT_PAUSE_MS);
                     return;
                 }
             }

@@ -157,7 +157,8 @@ fn bind_all(config: &Config) -> Result<(Vec<Vec<TcpListener>>, Vec<SocketAddr>),
 
 /// The max-connections default: the open-file limit less a reserve.
 pub fn default_max_connections(nofile: u64) -> usize {
-    nofile.saturating_sub(FD_RESERVE).max(1) as usize
+    // A small limit (a test, a tiny container) keeps three quarters of it for connections.
+    nofile.saturating_sub(FD_RESERVE.min(nofile / 4)).max(1) as usize
 }
 
 /// Runs the server until a signal's drain completes. Returns the exit status.
