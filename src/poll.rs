@@ -38,7 +38,12 @@ pub struct Park {
 /// What to do with one request.
 #[derive(Debug)]
 pub enum Outcome {
-    Respond { bytes: Vec<u8>, close: bool },
+    /// Send `bytes`; `delivered` when they answer a poll with at least one message.
+    Respond {
+        bytes: Vec<u8>,
+        close: bool,
+        delivered: bool,
+    },
     Park(Park),
 }
 
@@ -123,6 +128,7 @@ pub fn handle(head: &RequestHead, hub: &Hub, now_ms: u64) -> Outcome {
         Outcome::Respond {
             bytes,
             close: close || e.closes(),
+            delivered: false,
         }
     };
     let on_poll = head.path == POLL_PATH;
@@ -145,7 +151,11 @@ pub fn handle(head: &RequestHead, hub: &Hub, now_ms: u64) -> Outcome {
                 ..Extra::default()
             };
             response::write(&mut bytes, 204, &extra, b"");
-            return Outcome::Respond { bytes, close };
+            return Outcome::Respond {
+                bytes,
+                close,
+                delivered: false,
+            };
         }
         (HEALTH_PATH, Method::Get) => {
             let mut bytes = Vec::with_capacity(128);
@@ -158,7 +168,11 @@ pub fn handle(head: &RequestHead, hub: &Hub, now_ms: u64) -> Outcome {
                 },
                 b"{\"ok\":true}",
             );
-            return Outcome::Respond { bytes, close };
+            return Outcome::Respond {
+                bytes,
+                close,
+                delivered: false,
+            };
         }
         (POLL_PATH, _) | (HEALTH_PATH, _) => return err(response::METHOD_NOT_ALLOWED, cors_here),
         _ => return err(response::NOT_FOUND, None),
@@ -204,7 +218,11 @@ pub fn handle(head: &RequestHead, hub: &Hub, now_ms: u64) -> Outcome {
         });
     }
     let bytes = answer(&found, &channels, epoch, close, cors);
-    Outcome::Respond { bytes, close }
+    Outcome::Respond {
+        bytes,
+        close,
+        delivered: !found.messages.is_empty(),
+    }
 }
 
 /// The whole HTTP response answering a poll on `channels` with what `found` holds.

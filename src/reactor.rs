@@ -307,11 +307,13 @@ impl Reactor {
                     Err(_) => break Step::Close,
                 }
             }
+            if c.phase == Phase::Parked {
+                // Even with close_after: a parked HTTP/1.0 or `Connection: close` poll is
+                // answered first (`respond` closes after its answer is written).
+                break Step::Wait;
+            }
             if c.close_after {
                 break Step::Close;
-            }
-            if c.phase == Phase::Parked {
-                break Step::Wait;
             }
             if requests == MAX_REQUESTS_PER_TURN {
                 break Step::Later;
@@ -364,7 +366,14 @@ impl Reactor {
                     }
                     let now = self.hub.clock.now_ms();
                     match poll::handle(&head, &self.hub, now) {
-                        Outcome::Respond { bytes, close } => {
+                        Outcome::Respond {
+                            bytes,
+                            close,
+                            delivered,
+                        } => {
+                            if delivered {
+                                self.hub.counters.delivered.fetch_add(1, Ordering::Relaxed);
+                            }
                             if !self.respond(key, OutBytes::Owned(bytes), close || close_anyway) {
                                 break Step::Gone;
                             }

@@ -134,11 +134,28 @@ fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
     Ok(TcpListener::from_std(s.into()))
 }
 
+/// Fails when something already listens on `addr`'s explicit port. SO_REUSEPORT would let a
+/// second server share the port (and clients bounce between two runs), so a probe without it
+/// (but with SO_REUSEADDR, so TIME_WAIT leftovers do not count) must bind first.
+fn probe_port_free(addr: SocketAddr) -> io::Result<()> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    s.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.bind(&addr.into())
+}
+
 /// Binds every address once per thread; port 0 is resolved by the first bind and reused.
 fn bind_all(config: &Config) -> Result<(Vec<Vec<TcpListener>>, Vec<SocketAddr>), StartError> {
     let mut resolved = Vec::with_capacity(config.listen.len());
     let mut per_thread: Vec<Vec<TcpListener>> = (0..config.threads).map(|_| Vec::new()).collect();
     for &addr in &config.listen {
+        probe_port_free(addr)
+            .map_err(|e| StartError::Runtime(format!("cannot listen on {addr}: {e}")))?;
         let mut real = addr;
         for (t, slot) in per_thread.iter_mut().enumerate() {
             let l = bind_listener(real)
