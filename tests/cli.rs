@@ -1,0 +1,482 @@
+//! PROTOCOL.md section 1 over the real binary: the startup line, exit statuses and their
+//! single stderr line, socket-path handling, and the `publish` / `stats` subcommands.
+//!
+//! Every invocation that is expected to fail still gets `--listen 127.0.0.1:0` and a private
+//! `--publish-socket` (and runs in a temp dir), so a server that wrongly starts never touches
+//! port 8080 or a shared path; `run_pnsd` kills it as soon as it prints its startup line (or at
+//! the deadline) and the test fails.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::net::UnixListener;
+
+use common::*;
+use serde_json::Value;
+
+/// Runs `pnsd ARGS --listen 127.0.0.1:0 --publish-socket DIR/x.sock`, then the same with the
+/// safe options first, and asserts exit 2 with one stderr line mentioning one of `needles`
+/// (case-insensitive).
+fn expect_usage_error(args: &[&str], needles: &[&str]) {
+    let dir = TempDir::new();
+    let sock = dir.join("x.sock");
+    let sock = sock.to_str().expect("utf-8 path");
+    let mut full: Vec<&str> = args.to_vec();
+    full.extend(["--listen", "127.0.0.1:0", "--publish-socket", sock]);
+    check_usage_error(&full, &dir, needles);
+    let mut full: Vec<&str> = vec!["--listen", "127.0.0.1:0", "--publish-socket", sock];
+    full.extend(args);
+    check_usage_error(&full, &dir, needles);
+}
+
+fn check_usage_error(full: &[&str], dir: &TempDir, needles: &[&str]) {
+    let run = run_pnsd(full, &dir.path);
+    assert_eq!(
+        run.code(),
+        Some(2),
+        "pnsd {full:?}: want exit 2, got {:?}; stdout {:?} stderr {:?}",
+        run.status,
+        run.stdout,
+        run.stderr
+    );
+    let line = run.one_stderr_line();
+    let lower = line.to_lowercase();
+    assert!(
+        needles.iter().any(|n| lower.contains(&n.to_lowercase())),
+        "pnsd {full:?}: stderr line {line:?} does not name the problem ({needles:?})"
+    );
+    assert!(
+        run.stdout.is_empty(),
+        "no startup line expected: {:?}",
+        run.stdout
+    );
+}
+
+#[test]
+fn startup_line_names_real_address_socket_and_threads() {
+    let s = Server::start(&["--threads", "3"]);
+    assert_eq!(s.threads, 3, "{}", s.line);
+    assert_eq!(s.addrs.len(), 1, "{}", s.line);
+    assert!(s.addr.ip().is_loopback());
+    let mut c = s.http();
+    let r = c.request("/pns/health");
+    assert_eq!(r.status, 200);
+    let meta = std::fs::symlink_metadata(&s.socket).expect("socket file exists");
+    assert!(meta.file_type().is_socket(), "publish path is not a socket");
+    assert_eq!(
+        meta.permissions().mode() & 0o777,
+        0o600,
+        "publish socket must be mode 0600"
+    );
+}
+
+#[test]
+fn default_thread_count_is_the_cpu_count() {
+    let s = Server::start(&[]);
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert_eq!(s.threads, cpus, "{}", s.line);
+}
+
+#[test]
+fn serve_subcommand_is_the_same_as_no_subcommand() {
+    let s = Server::start_full(&["serve"], &["--threads", "1"]);
+    assert_eq!(s.threads, 1);
+    assert_eq!(s.http().request("/pns/health").status, 200);
+}
+
+#[test]
+fn repeated_listen_serves_every_address() {
+    let s = Server::start(&["--listen", "127.0.0.1:0", "--threads", "2"]);
+    assert_eq!(s.addrs.len(), 2, "{}", s.line);
+    assert_ne!(s.addrs[0], s.addrs[1]);
+    for a in &s.addrs {
+        let mut c = HttpConn::connect(*a);
+        let r = c.request("/pns/health");
+        assert_eq!(r.status, 200, "health on {a}");
+    }
+    // A message published once reaches pollers on both addresses.
+    let c0 = s.cursor_now("a");
+    let id = s.publish("a", "1");
+    for a in &s.addrs {
+        let mut c = HttpConn::connect(*a);
+        let p = check_poll(&c.request(&poll_target(&["a"], Some(&c0), Some(0))));
+        assert_eq!(p.ids(), vec![id.clone()], "on {a}");
+    }
+}
+
+#[test]
+fn hold_above_max_hold_is_exit_2() {
+    expect_usage_error(&["--hold", "200", "--max-hold", "120"], &["hold"]);
+    expect_usage_error(&["--max-hold", "10", "--hold", "11"], &["hold"]);
+    // The default --max-hold is 120.
+    expect_usage_error(&["--hold", "121"], &["hold"]);
+}
+
+#[test]
+fn zero_threads_is_exit_2() {
+    expect_usage_error(&["--threads", "0"], &["threads"]);
+}
+
+#[test]
+fn unknown_option_is_exit_2() {
+    expect_usage_error(&["--bogus-option"], &["bogus-option"]);
+}
+
+#[test]
+fn bad_option_values_are_exit_2() {
+    expect_usage_error(&["--threads", "many"], &["threads"]);
+    expect_usage_error(&["--hold", "-1"], &["hold"]);
+    expect_usage_error(&["--hold", "1.5"], &["hold"]);
+    expect_usage_error(&["--buffer", "x"], &["buffer"]);
+    expect_usage_error(&["--message-ttl", "soon"], &["ttl"]);
+    expect_usage_error(&["--max-connections", "lots"], &["connections"]);
+    expect_usage_error(
+        &["--listen", "not-an-address"],
+        &["listen", "not-an-address"],
+    );
+}
+
+#[test]
+fn missing_option_value_is_exit_2() {
+    let dir = TempDir::new();
+    let sock = dir.join("x.sock");
+    let sock = sock.to_str().expect("utf-8 path");
+    let full = [
+        "--listen",
+        "127.0.0.1:0",
+        "--publish-socket",
+        sock,
+        "--hold",
+    ];
+    check_usage_error(&full, &dir, &["hold"]);
+}
+
+#[test]
+fn non_loopback_listen_without_secret_is_exit_2() {
+    // 192.0.2.1 (TEST-NET-1) is never bound: the check must fire before any bind.
+    expect_usage_error(
+        &["--listen", "192.0.2.1:0"],
+        &["192.0.2.1", "loopback", "anonymous", "secret"],
+    );
+}
+
+#[test]
+fn unknown_subcommand_is_exit_2() {
+    let dir = TempDir::new();
+    let run = run_pnsd(&["frobnicate"], &dir.path);
+    assert_eq!(run.code(), Some(2), "stderr {:?}", run.stderr);
+    let line = run.one_stderr_line();
+    assert!(line.contains("frobnicate"), "{line:?}");
+}
+
+#[test]
+fn address_in_use_is_exit_1() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let dir = TempDir::new();
+    let sock = dir.join("x.sock");
+    let run = run_pnsd(
+        &[
+            "--listen",
+            &addr,
+            "--publish-socket",
+            sock.to_str().expect("utf-8"),
+        ],
+        &dir.path,
+    );
+    assert_eq!(run.code(), Some(1), "stderr {:?}", run.stderr);
+    run.one_stderr_line();
+    assert!(run.stdout.is_empty());
+    drop(taken);
+}
+
+#[test]
+fn address_of_a_running_pnsd_is_exit_1() {
+    // SO_REUSEPORT must not let a second server silently share the first one's port.
+    let s = Server::start(&["--threads", "1"]);
+    let dir = TempDir::new();
+    let sock = dir.join("x.sock");
+    let addr = s.addr.to_string();
+    let run = run_pnsd(
+        &[
+            "--listen",
+            &addr,
+            "--publish-socket",
+            sock.to_str().expect("utf-8"),
+        ],
+        &dir.path,
+    );
+    assert_eq!(run.code(), Some(1), "stderr {:?}", run.stderr);
+    run.one_stderr_line();
+    assert_eq!(s.http().request("/pns/health").status, 200);
+}
+
+#[test]
+fn live_server_on_socket_path_is_exit_1() {
+    let s = Server::start(&["--threads", "1"]);
+    let dir = TempDir::new();
+    let run = run_pnsd(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--publish-socket",
+            s.socket.to_str().expect("utf-8"),
+        ],
+        &dir.path,
+    );
+    assert_eq!(run.code(), Some(1), "stderr {:?}", run.stderr);
+    run.one_stderr_line();
+    // The first server keeps its socket.
+    let mut p = s.publisher();
+    let v = p.request(r#"{"op":"stats"}"#);
+    assert_eq!(v["ok"], Value::Bool(true));
+}
+
+#[test]
+fn socket_path_that_is_not_a_socket_is_exit_1_and_untouched() {
+    let dir = TempDir::new();
+    let path = dir.join("regular");
+    std::fs::write(&path, b"keep me").expect("write");
+    let run = run_pnsd(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--publish-socket",
+            path.to_str().expect("utf-8"),
+        ],
+        &dir.path,
+    );
+    assert_eq!(run.code(), Some(1), "stderr {:?}", run.stderr);
+    run.one_stderr_line();
+    assert_eq!(std::fs::read(&path).expect("still there"), b"keep me");
+}
+
+#[test]
+fn socket_in_a_missing_directory_is_exit_1() {
+    let dir = TempDir::new();
+    let path = dir.join("missing/pnsd.sock");
+    let run = run_pnsd(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--publish-socket",
+            path.to_str().expect("utf-8"),
+        ],
+        &dir.path,
+    );
+    assert_eq!(run.code(), Some(1), "stderr {:?}", run.stderr);
+    run.one_stderr_line();
+}
+
+#[test]
+fn any_127_address_is_loopback() {
+    let s = Server::start(&["--listen", "127.0.0.2:0", "--threads", "1"]);
+    assert_eq!(s.addrs.len(), 2);
+    assert_eq!(s.addrs[1].ip().to_string(), "127.0.0.2");
+    let mut c = HttpConn::connect(s.addrs[1]);
+    assert_eq!(c.request("/pns/health").status, 200);
+}
+
+#[test]
+fn stale_socket_file_is_replaced() {
+    let dir = TempDir::new();
+    let sock = dir.join("pnsd.sock");
+    {
+        let l = UnixListener::bind(&sock).expect("bind");
+        drop(l); // the file stays, nobody listens: a dead server's leftover
+    }
+    assert!(sock.exists());
+    let s = Server::start_in(dir, sock, &[], &["--threads", "1"]);
+    let c0 = s.cursor_now("a");
+    let id = s.publish("a", "\"x\"");
+    let p = check_poll(&s.http().request(&poll_target(&["a"], Some(&c0), Some(0))));
+    assert_eq!(p.ids(), vec![id]);
+}
+
+#[test]
+fn publish_subcommand_prints_the_ack_and_exits_0() {
+    let s = Server::start(&["--threads", "1"]);
+    let c0 = s.cursor_now("news");
+    let sock = s.socket.to_str().expect("utf-8");
+    let run = run_pnsd(
+        &["publish", "--socket", sock, "news", r#"{"b":1.50,"a":"x"}"#],
+        &s.dir.path,
+    );
+    assert_eq!(run.code(), Some(0), "stderr {:?}", run.stderr);
+    assert_eq!(run.stdout.lines().count(), 1, "stdout {:?}", run.stdout);
+    let ack: Value = serde_json::from_str(run.stdout.trim_end()).expect("ack JSON");
+    let id = ack_id(&ack);
+    let run = run_pnsd(
+        &["publish", "--socket", sock, "--type", "70", "news", "\"t\""],
+        &s.dir.path,
+    );
+    assert_eq!(run.code(), Some(0), "stderr {:?}", run.stderr);
+    let id2 = ack_id(&serde_json::from_str(run.stdout.trim_end()).expect("ack JSON"));
+    let p = check_poll(
+        &s.http()
+            .request(&poll_target(&["news"], Some(&c0), Some(0))),
+    );
+    assert_eq!(p.ids(), vec![id, id2]);
+    assert_eq!(p.msgs[0]["channel"], "news");
+    assert!(p.msgs[0].get("type").is_none());
+    assert!(p.body.contains(r#"{"b":1.50,"a":"x"}"#), "{}", p.body);
+    assert_eq!(p.msgs[1]["type"], 70);
+    assert_eq!(p.msgs[1]["data"], "t");
+}
+
+#[test]
+fn publish_subcommand_uses_the_default_socket_path() {
+    // The server's socket is DIR/pnsd.sock and the client runs in DIR: ./pnsd.sock.
+    let s = Server::start(&["--threads", "1"]);
+    let run = run_pnsd(&["publish", "a", "1"], &s.dir.path);
+    assert_eq!(run.code(), Some(0), "stderr {:?}", run.stderr);
+    ack_id(&serde_json::from_str(run.stdout.trim_end()).expect("ack JSON"));
+}
+
+#[test]
+fn publish_subcommand_exits_1_on_error_answer() {
+    // A stand-in server that answers every line with an error: `pnsd publish` must exit 1.
+    let dir = TempDir::new();
+    let sock = dir.join("fake.sock");
+    let listener = UnixListener::bind(&sock).expect("bind fake socket");
+    let fake = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().expect("accept");
+        conn.set_read_timeout(Some(DEADLINE)).expect("timeout");
+        let mut got = Vec::new();
+        let mut byte = [0u8; 1];
+        while conn.read(&mut byte).is_ok_and(|n| n == 1) && byte[0] != b'\n' {
+            got.push(byte[0]);
+        }
+        conn.write_all(b"{\"ok\":false,\"error\":\"refused by test\"}\n")
+            .expect("answer");
+        String::from_utf8(got).expect("utf-8 line")
+    });
+    let run = run_pnsd(
+        &[
+            "publish",
+            "--socket",
+            sock.to_str().expect("utf-8"),
+            "a",
+            "1",
+        ],
+        &dir.path,
+    );
+    let line = fake.join().expect("fake server");
+    let v: Value = serde_json::from_str(&line).expect("request line is JSON");
+    assert_eq!(v["channel"], "a", "{line}");
+    assert_eq!(v["data"], 1, "{line}");
+    assert_eq!(
+        run.code(),
+        Some(1),
+        "stdout {:?} stderr {:?}",
+        run.stdout,
+        run.stderr
+    );
+}
+
+#[test]
+fn publish_subcommand_rejects_a_bad_channel() {
+    // Checked by the client (exit 2, a bad argument) or by the server (exit 1): either way
+    // nothing is published.
+    let s = Server::start(&["--threads", "1"]);
+    let sock = s.socket.to_str().expect("utf-8");
+    let run = run_pnsd(
+        &["publish", "--socket", sock, "bad channel", "1"],
+        &s.dir.path,
+    );
+    assert!(
+        matches!(run.code(), Some(1) | Some(2)),
+        "stdout {:?} stderr {:?}",
+        run.stdout,
+        run.stderr
+    );
+    assert_eq!(s.stats()["published"], 0);
+}
+
+#[test]
+fn publish_subcommand_bad_arguments() {
+    let s = Server::start(&["--threads", "1"]);
+    let sock = s.socket.to_str().expect("utf-8");
+    // A bad option value or a missing argument is a usage error: exit 2, one stderr line.
+    for args in [
+        vec!["publish", "--socket", sock, "--type", "abc", "a", "1"],
+        vec!["publish", "--socket", sock, "a"],
+        vec!["publish", "--socket", sock, "--bogus", "a", "1"],
+    ] {
+        let run = run_pnsd(&args, &s.dir.path);
+        assert_eq!(run.code(), Some(2), "{args:?}: stderr {:?}", run.stderr);
+        run.one_stderr_line();
+    }
+    // Data that is not JSON is refused by the client (2) or the server (1).
+    let run = run_pnsd(
+        &["publish", "--socket", sock, "a", "{not json"],
+        &s.dir.path,
+    );
+    assert!(
+        matches!(run.code(), Some(1) | Some(2)),
+        "stderr {:?}",
+        run.stderr
+    );
+    assert_eq!(s.stats()["published"], 0);
+}
+
+#[test]
+fn publish_subcommand_exits_1_without_server() {
+    let dir = TempDir::new();
+    let sock = dir.join("nobody.sock");
+    let run = run_pnsd(
+        &[
+            "publish",
+            "--socket",
+            sock.to_str().expect("utf-8"),
+            "a",
+            "1",
+        ],
+        &dir.path,
+    );
+    assert_eq!(run.code(), Some(1), "stderr {:?}", run.stderr);
+}
+
+#[test]
+fn stats_subcommand_prints_the_stats_line() {
+    let s = Server::start(&["--threads", "1"]);
+    s.publish("a", "1");
+    let sock = s.socket.to_str().expect("utf-8");
+    let run = run_pnsd(&["stats", "--socket", sock], &s.dir.path);
+    assert_eq!(run.code(), Some(0), "stderr {:?}", run.stderr);
+    assert_eq!(run.stdout.lines().count(), 1, "stdout {:?}", run.stdout);
+    let v: Value = serde_json::from_str(run.stdout.trim_end()).expect("stats JSON");
+    assert_eq!(v["ok"], true);
+    for k in [
+        "connections",
+        "parked",
+        "channels",
+        "messages",
+        "published",
+        "delivered",
+    ] {
+        assert!(v[k].is_u64(), "stats field {k} missing in {v}");
+    }
+    assert_eq!(v["published"], 1);
+    // "As the server sent it": byte for byte what the socket answers (nothing changed since).
+    let mut p = s.publisher();
+    p.send("{\"op\":\"stats\"}\n");
+    assert_eq!(run.stdout.trim_end_matches('\n'), p.read_line());
+}
+
+#[test]
+fn stats_subcommand_fails_without_server() {
+    let dir = TempDir::new();
+    let sock = dir.join("nobody.sock");
+    let run = run_pnsd(
+        &["stats", "--socket", sock.to_str().expect("utf-8")],
+        &dir.path,
+    );
+    assert_ne!(run.code(), Some(0), "stdout {:?}", run.stdout);
+    assert!(
+        run.status.code().is_some(),
+        "killed by a signal: {:?}",
+        run.status
+    );
+}
