@@ -1,0 +1,242 @@
+//! The load generator's command line (the contract is `LOADGEN_CLI.md`).
+//!
+//! Invariants: `parse` either returns a fully validated `Options` (every number positive where
+//! zero would make a scenario meaningless, URLs split into address and path) or a one-line
+//! error for the caller to print before exiting 2. `--bench` and `--test`, which `cargo bench`
+//! and `cargo test` append, are accepted and ignored anywhere on the line.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+
+/// Parked polls in density, fan-out and idle: the issue's headline figure (15,000 sockets under
+/// a 20,000 per-process open-file limit).
+const DEFAULT_CONNS: usize = 15_000;
+/// Fan-out rounds: enough for a stable p99 over 75,000 samples, short enough to run in seconds.
+const DEFAULT_ROUNDS: usize = 5;
+/// Re-poll clients: the issue's scenario size.
+const DEFAULT_REPOLL_CLIENTS: usize = 1_000;
+/// Re-poll duration in seconds when `--seconds` is not given.
+const DEFAULT_REPOLL_SECONDS: u64 = 10;
+/// Idle-CPU window in seconds when `--seconds` is not given ("CPU seconds over 60 s").
+const DEFAULT_IDLE_SECONDS: u64 = 60;
+/// Messages for ingest: long enough (about a second at 100k/s) to amortise start-up.
+const DEFAULT_MESSAGES: u64 = 100_000;
+
+/// The one-line usage hint printed for `cargo bench` with no options.
+pub const USAGE: &str =
+    "loadgen: usage: cargo bench --bench loadgen -- [--target pnsd|nchan|jetty] \
+[--addr HOST:PORT] [--publish-socket PATH] [--publish-url URL] [--pid PID]... \
+[--scenario density|fanout|repoll|ingest|idle|all] [--conns N] [--rounds N] [--repoll-clients N] \
+[--seconds N] [--messages N] [--json PATH] [--label NAME] (see LOADGEN_CLI.md)";
+
+/// Which server dialect to speak.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    Pnsd,
+    Nchan,
+    Jetty,
+}
+
+impl Target {
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::Pnsd => "pnsd",
+            Target::Nchan => "nchan",
+            Target::Jetty => "jetty",
+        }
+    }
+}
+
+/// Which scenarios to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scenario {
+    Density,
+    Fanout,
+    Repoll,
+    Ingest,
+    Idle,
+    All,
+}
+
+/// Where HTTP publishes go: a resolved address plus the path prefix.
+#[derive(Clone, Debug)]
+pub struct PublishUrl {
+    pub addr: SocketAddr,
+    pub host: String,
+    pub path: String,
+}
+
+/// Validated options.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub target: Target,
+    pub addr: SocketAddr,
+    pub host: String,
+    pub publish_socket: PathBuf,
+    pub publish_url: Option<PublishUrl>,
+    pub pids: Vec<u32>,
+    pub scenario: Scenario,
+    pub conns: usize,
+    pub rounds: usize,
+    pub repoll_clients: usize,
+    pub seconds: Option<u64>,
+    pub messages: u64,
+    pub json: Option<PathBuf>,
+    pub label: String,
+}
+
+impl Options {
+    pub fn repoll_seconds(&self) -> u64 {
+        self.seconds.unwrap_or(DEFAULT_REPOLL_SECONDS)
+    }
+
+    pub fn idle_seconds(&self) -> u64 {
+        self.seconds.unwrap_or(DEFAULT_IDLE_SECONDS)
+    }
+
+    pub fn runs(&self, s: Scenario) -> bool {
+        self.scenario == Scenario::All || self.scenario == s
+    }
+}
+
+/// What the command line asks for.
+pub enum Command {
+    Usage,
+    Run(Box<Options>),
+}
+
+fn resolve(hostport: &str) -> Result<SocketAddr, String> {
+    let mut addrs = hostport
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {hostport}: {e}"))?;
+    addrs
+        .next()
+        .ok_or_else(|| format!("{hostport} resolves to no address"))
+}
+
+fn parse_publish_url(url: &str) -> Result<PublishUrl, String> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("--publish-url {url}: only http:// URLs are supported"))?;
+    let (hostport, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let hostport = if hostport.contains(':') {
+        hostport.to_string()
+    } else {
+        format!("{hostport}:80")
+    };
+    Ok(PublishUrl {
+        addr: resolve(&hostport)?,
+        host: hostport,
+        path: path.trim_end_matches('/').to_string(),
+    })
+}
+
+fn number<T: std::str::FromStr>(name: &str, v: &str) -> Result<T, String> {
+    v.parse()
+        .map_err(|_| format!("{name} {v}: not a non-negative integer"))
+}
+
+fn positive(name: &str, v: &str) -> Result<usize, String> {
+    match number::<usize>(name, v)? {
+        0 => Err(format!("{name} must be at least 1")),
+        n => Ok(n),
+    }
+}
+
+/// Parses the arguments after the program name.
+pub fn parse(args: &[String]) -> Result<Command, String> {
+    let args: Vec<&String> = args
+        .iter()
+        .filter(|a| a.as_str() != "--bench" && a.as_str() != "--test")
+        .collect();
+    if args.is_empty() {
+        return Ok(Command::Usage);
+    }
+    let mut target = Target::Pnsd;
+    let mut addr = "127.0.0.1:8080".to_string();
+    let mut publish_socket = PathBuf::from("./pnsd.sock");
+    let mut publish_url = None;
+    let mut pids = Vec::new();
+    let mut scenario = Scenario::All;
+    let mut conns = DEFAULT_CONNS;
+    let mut rounds = DEFAULT_ROUNDS;
+    let mut repoll_clients = DEFAULT_REPOLL_CLIENTS;
+    let mut seconds = None;
+    let mut messages = DEFAULT_MESSAGES;
+    let mut json = None;
+    let mut label = None;
+    let mut i = 0;
+    while i < args.len() {
+        let name = args[i].as_str();
+        if name == "--help" || name == "-h" {
+            return Ok(Command::Usage);
+        }
+        let value = args
+            .get(i + 1)
+            .map(|s| s.as_str())
+            .ok_or_else(|| format!("{name} needs a value (or unknown option)"))?;
+        match name {
+            "--target" => {
+                target = match value {
+                    "pnsd" => Target::Pnsd,
+                    "nchan" => Target::Nchan,
+                    "jetty" => Target::Jetty,
+                    _ => return Err(format!("--target {value}: expected pnsd, nchan or jetty")),
+                }
+            }
+            "--addr" => addr = value.to_string(),
+            "--publish-socket" => publish_socket = PathBuf::from(value),
+            "--publish-url" => publish_url = Some(parse_publish_url(value)?),
+            "--pid" => pids.push(number::<u32>(name, value)?),
+            "--scenario" => {
+                scenario = match value {
+                    "density" => Scenario::Density,
+                    "fanout" => Scenario::Fanout,
+                    "repoll" => Scenario::Repoll,
+                    "ingest" => Scenario::Ingest,
+                    "idle" => Scenario::Idle,
+                    "all" => Scenario::All,
+                    _ => {
+                        return Err(format!(
+                        "--scenario {value}: expected density, fanout, repoll, ingest, idle or all"
+                    ))
+                    }
+                }
+            }
+            "--conns" => conns = positive(name, value)?,
+            "--rounds" => rounds = positive(name, value)?,
+            "--repoll-clients" => repoll_clients = positive(name, value)?,
+            "--seconds" => seconds = Some(positive(name, value)? as u64),
+            "--messages" => messages = positive(name, value)? as u64,
+            "--json" => json = Some(PathBuf::from(value)),
+            "--label" => label = Some(value.to_string()),
+            _ => return Err(format!("unknown option {name}")),
+        }
+        i += 2;
+    }
+    if target != Target::Pnsd && publish_url.is_none() {
+        return Err(format!(
+            "--target {} needs --publish-url http://HOST:PORT/PATH",
+            target.name()
+        ));
+    }
+    Ok(Command::Run(Box::new(Options {
+        target,
+        addr: resolve(&addr)?,
+        host: addr,
+        publish_socket,
+        publish_url,
+        pids,
+        scenario,
+        conns,
+        rounds,
+        repoll_clients,
+        seconds,
+        messages,
+        json,
+        label: label.unwrap_or_else(|| target.name().to_string()),
+    })))
+}

@@ -1,0 +1,149 @@
+//! Results of one run: the markdown table row and the JSON object of `LOADGEN_CLI.md`.
+//!
+//! Invariants: a scenario that did not run leaves its fields `None`, printed as `-` in the
+//! table and `null` in JSON; the JSON keys named by the contract are always present.
+
+use serde_json::{json, Value};
+
+/// Fan-out latency summary, milliseconds from just before the publish to each full answer.
+#[derive(Clone, Debug, Default)]
+pub struct Fanout {
+    pub p50: f64,
+    pub p99: f64,
+    pub max: f64,
+    pub rounds: usize,
+    pub samples: usize,
+    /// Answers that did not carry the published message.
+    pub missing: u64,
+    /// The load generator's own CPU time per round (publish to last answer), ms: when close to
+    /// the round's duration, the client and not the server set the pace.
+    pub client_cpu_ms: f64,
+}
+
+/// Re-poll throughput and the order check.
+#[derive(Clone, Debug, Default)]
+pub struct Repoll {
+    pub per_s: f64,
+    pub msgs_per_s: f64,
+    pub clients: usize,
+    pub seconds: f64,
+    pub published: u64,
+    /// `gaps + disorder + behind`: should be 0.
+    pub violations: u64,
+    /// Answers that skipped messages without declaring a reset.
+    pub gaps: u64,
+    /// Messages skipped by those gaps.
+    pub skipped: u64,
+    /// Messages repeated or out of order.
+    pub disorder: u64,
+    /// Clients that never saw their channel's last message.
+    pub behind: u64,
+    /// Answers that declared a reset (pnsd `"reset":true`).
+    pub resets: u64,
+}
+
+/// Publish ingest rate.
+#[derive(Clone, Debug, Default)]
+pub struct Ingest {
+    pub msgs_per_s: f64,
+    pub messages: u64,
+    pub failed: u64,
+}
+
+/// Everything one run measured.
+#[derive(Clone, Debug, Default)]
+pub struct Results {
+    pub target: String,
+    pub label: String,
+    pub conns: usize,
+    pub pss_idle_kb: Option<u64>,
+    pub pss_parked_kb: Option<u64>,
+    pub bytes_per_parked: Option<f64>,
+    /// Kernel slab growth over the density step, kB (both ends of every loopback connection).
+    pub kernel_slab_kb: Option<i64>,
+    /// Growth of /proc/net/sockstat TCP "mem" (pages of socket buffers) over the density step.
+    pub kernel_tcp_mem_pages: Option<i64>,
+    pub fanout: Option<Fanout>,
+    pub repoll: Option<Repoll>,
+    pub ingest: Option<Ingest>,
+    pub idle_cpu_s: Option<f64>,
+    pub idle_seconds: Option<u64>,
+    /// Connections the load generator had to re-open (server closed or refused them).
+    pub reconnects: u64,
+}
+
+/// Nearest-rank percentile of sorted `v` (`q` in 0..=1).
+pub fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// The table header and separator lines.
+pub const HEADER: &str = "| server | parked | userland B/parked | fanout p50 ms | p99 ms | max ms | repoll resp/s | ingest msg/s | idle CPU s/60s |\n|---|---|---|---|---|---|---|---|---|";
+
+fn cell<T>(v: Option<T>, f: impl Fn(T) -> String) -> String {
+    v.map_or_else(|| "-".to_string(), f)
+}
+
+impl Results {
+    /// One markdown table row.
+    pub fn row(&self) -> String {
+        let f = self.fanout.as_ref();
+        let idle = match (self.idle_cpu_s, self.idle_seconds) {
+            (Some(c), Some(60)) | (Some(c), None) => format!("{c:.2}"),
+            (Some(c), Some(s)) => format!("{c:.2} (over {s} s)"),
+            _ => "-".to_string(),
+        };
+        format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            self.label,
+            self.conns,
+            cell(self.bytes_per_parked, |b| format!("{b:.0}")),
+            cell(f, |f| format!("{:.1}", f.p50)),
+            cell(f, |f| format!("{:.1}", f.p99)),
+            cell(f, |f| format!("{:.1}", f.max)),
+            cell(self.repoll.as_ref(), |r| format!("{:.0}", r.per_s)),
+            cell(self.ingest.as_ref(), |i| format!("{:.0}", i.msgs_per_s)),
+            idle,
+        )
+    }
+
+    /// The JSON object: the contract's keys, then extras.
+    pub fn json(&self) -> Value {
+        json!({
+            "target": self.target,
+            "label": self.label,
+            "conns": self.conns,
+            "pss_idle_kb": self.pss_idle_kb,
+            "pss_parked_kb": self.pss_parked_kb,
+            "bytes_per_parked": self.bytes_per_parked,
+            "fanout_ms": self.fanout.as_ref().map(|f| json!({
+                "p50": f.p50, "p99": f.p99, "max": f.max, "rounds": f.rounds,
+                "samples": f.samples, "missing": f.missing, "client_cpu_ms": f.client_cpu_ms,
+            })),
+            "repoll_per_s": self.repoll.as_ref().map(|r| r.per_s),
+            "repoll_msgs_per_s": self.repoll.as_ref().map(|r| r.msgs_per_s),
+            "ingest_msgs_per_s": self.ingest.as_ref().map(|i| i.msgs_per_s),
+            "idle_cpu_s": self.idle_cpu_s,
+            "idle_seconds": self.idle_seconds,
+            "repoll_violations": self.repoll.as_ref().map(|r| r.violations),
+            "repoll_resets": self.repoll.as_ref().map(|r| r.resets),
+            "repoll_gaps": self.repoll.as_ref().map(|r| r.gaps),
+            "repoll_skipped": self.repoll.as_ref().map(|r| r.skipped),
+            "repoll_disorder": self.repoll.as_ref().map(|r| r.disorder),
+            "repoll_behind": self.repoll.as_ref().map(|r| r.behind),
+            "repoll_clients": self.repoll.as_ref().map(|r| r.clients),
+            "repoll_seconds": self.repoll.as_ref().map(|r| r.seconds),
+            "repoll_published": self.repoll.as_ref().map(|r| r.published),
+            "ingest_messages": self.ingest.as_ref().map(|i| i.messages),
+            "ingest_failed": self.ingest.as_ref().map(|i| i.failed),
+            "kernel_slab_kb_delta": self.kernel_slab_kb,
+            "kernel_slab_bytes_per_conn": self.kernel_slab_kb.map(|k| k as f64 * 1024.0 / self.conns as f64),
+            "kernel_tcp_mem_pages_delta": self.kernel_tcp_mem_pages,
+            "reconnects": self.reconnects,
+        })
+    }
+}

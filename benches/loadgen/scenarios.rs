@@ -1,0 +1,381 @@
+//! The five measurements of issue 4: density, fan-out, re-poll, ingest and idle CPU.
+//!
+//! Invariants: every wait has a deadline and fails with a message saying what was still
+//! missing; every loop is bounded by a count or a deadline. Messages published here carry
+//! `{"seq":N}`, N counting up per channel from 0.
+
+use crate::args::{Options, Target};
+use crate::crowd::{channel_name, make_publisher, note, Crowd, TICK};
+use crate::dialect;
+use crate::order::OrderCheck;
+use crate::procfs;
+use crate::reactor::Completion;
+use crate::report::{percentile, Fanout, Ingest, Repoll, Results};
+use std::time::{Duration, Instant};
+
+/// Pause after parking before the second PSS reading (the issue's method).
+const DENSITY_PAUSE: Duration = Duration::from_secs(2);
+/// Deadline for one fan-out round's answers (nchan takes ~0.4 s, Jetty ~2 s for 15,000).
+const FANOUT_DEADLINE: Duration = Duration::from_secs(60);
+/// Channels of the re-poll scenario (the issue's "spread over 10 channels").
+const REPOLL_CHANNELS: usize = 10;
+/// Unacknowledged publishes during re-poll (the issue's "keep up to 64 unacked").
+const REPOLL_WINDOW: u64 = 64;
+/// After the re-poll window: time for every client to catch up with its channel's last message.
+const REPOLL_DRAIN: Duration = Duration::from_secs(20);
+/// Unacknowledged publish lines during ingest over pnsd's Unix socket (the issue's window).
+const INGEST_WINDOW_UNIX: u64 = 1024;
+/// HTTP ingest: keep-alive connections and pipelined POSTs per connection (64 in flight).
+const INGEST_HTTP_CONNS: usize = 8;
+const INGEST_HTTP_DEPTH: usize = 8;
+/// Ingest deadline: a fixed part plus 2 ms per message (100,000 -> 230 s, i.e. >= 435 msg/s).
+const INGEST_BASE: Duration = Duration::from_secs(30);
+const INGEST_PER_MSG: Duration = Duration::from_millis(2);
+
+/// Density: PSS growth from idle to `--conns` parked polls, per parked poll.
+pub fn density(o: &Options, res: &mut Results) -> Result<Crowd, String> {
+    let before = if o.pids.is_empty() {
+        note!("density: no --pid given: parking without memory readings");
+        None
+    } else {
+        Some(procfs::pss_kb(&o.pids)?)
+    };
+    let kernel_before = procfs::kernel_mem().ok();
+    let mut crowd = Crowd::new(o, o.conns, vec![channel_name("crowd")])?;
+    crowd.poll_all(o)?;
+    crowd.settle(o, "density")?;
+    let early = crowd.hold_for(o, DENSITY_PAUSE)?;
+    if early > 0 {
+        note!("density: {early} polls answered during the pause (re-polled)");
+    }
+    if let Some(b) = before {
+        let after = procfs::pss_kb(&o.pids)?;
+        res.pss_idle_kb = Some(b);
+        res.pss_parked_kb = Some(after);
+        res.bytes_per_parked = Some((after as f64 - b as f64) * 1024.0 / o.conns as f64);
+        note!(
+            "density: PSS {b} kB -> {after} kB: {:.0} B per parked poll",
+            res.bytes_per_parked.unwrap_or(0.0)
+        );
+    }
+    if let (Some(kb), Ok(ka)) = (kernel_before, procfs::kernel_mem()) {
+        res.kernel_slab_kb = Some(ka.slab_kb as i64 - kb.slab_kb as i64);
+        res.kernel_tcp_mem_pages = Some(ka.tcp_mem_pages as i64 - kb.tcp_mem_pages as i64);
+        note!(
+            "density: kernel slab +{} kB (both ends of {} loopback connections), TCP mem +{} pages",
+            ka.slab_kb as i64 - kb.slab_kb as i64,
+            o.conns,
+            ka.tcp_mem_pages as i64 - kb.tcp_mem_pages as i64
+        );
+    }
+    res.reconnects += crowd.reactor.counters.reconnects;
+    Ok(crowd)
+}
+
+/// Idle: server CPU seconds over `--seconds` with the crowd parked and no traffic.
+pub fn idle(o: &Options, crowd: &mut Crowd, res: &mut Results) -> Result<(), String> {
+    if o.pids.is_empty() {
+        return Err("idle needs --pid to read the server's CPU time".into());
+    }
+    crowd.settle(o, "idle")?;
+    let secs = o.idle_seconds();
+    let cpu0 = procfs::cpu_seconds(&o.pids)?;
+    let start = Instant::now();
+    let answers = crowd.hold_for(o, Duration::from_secs(secs))?;
+    let cpu1 = procfs::cpu_seconds(&o.pids)?;
+    let took = start.elapsed().as_secs_f64();
+    if answers > 0 {
+        note!("idle: {answers} polls answered (expired?) during the window, re-polled");
+    }
+    note!(
+        "idle: server used {:.2} CPU s over {took:.1} s",
+        cpu1 - cpu0
+    );
+    res.idle_cpu_s = Some(cpu1 - cpu0);
+    res.idle_seconds = Some(secs);
+    Ok(())
+}
+
+/// Fan-out: per round, one publish to the crowd's channel, latency to each full answer.
+pub fn fanout(o: &Options, crowd: &mut Crowd, res: &mut Results) -> Result<(), String> {
+    let n = crowd.reactor.len();
+    let publisher = make_publisher(o, &crowd.reactor, 1, 1)?;
+    crowd.reactor.publisher = Some(publisher);
+    let channel = crowd.channels[0].clone();
+    let mut latencies: Vec<f64> = Vec::with_capacity(n * o.rounds);
+    let mut received = vec![false; n];
+    let mut missing = 0;
+    let mut request = Vec::new();
+    let mut answers: Vec<Completion> = Vec::with_capacity(n);
+    let mut client_cpu = 0.0;
+    for round in 0..o.rounds {
+        crowd.settle(o, &format!("fanout round {}", round + 1))?;
+        received.iter_mut().for_each(|r| *r = false);
+        request.clear();
+        let seq = round as u64;
+        dialect::publish_request(
+            o,
+            &channel,
+            &format!("{{\"seq\":{seq},\"fanout\":true}}"),
+            &mut request,
+        );
+        let cpu0 = procfs::self_cpu_seconds();
+        let t0 = Instant::now();
+        if let Some(p) = crowd.reactor.publisher.as_mut() {
+            p.send(0, std::mem::take(&mut request));
+        }
+        let deadline = t0 + FANOUT_DEADLINE;
+        loop {
+            let (outstanding, failed) = crowd
+                .reactor
+                .publisher
+                .as_ref()
+                .map_or((0, None), |p| (p.outstanding(), p.last_error.clone()));
+            if let Some(e) = failed {
+                return Err(format!("fanout round {}: publish failed: {e}", round + 1));
+            }
+            if answers.len() == n && outstanding == 0 {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "fanout round {}: {} of {n} answers after {} s (publish unacknowledged: {outstanding})",
+                    round + 1,
+                    answers.len(),
+                    FANOUT_DEADLINE.as_secs()
+                ));
+            }
+            crowd.turn(TICK)?;
+            let done = std::mem::take(&mut crowd.done);
+            for c in done {
+                if dialect::looks_empty(o.target, &c.response) || received[c.client] {
+                    // Expired just before the publish (or an error): ask again at once.
+                    crowd.read(o, &c);
+                    crowd.poll(o, c.client)?;
+                    continue;
+                }
+                received[c.client] = true;
+                answers.push(c);
+            }
+        }
+        let cpu = procfs::self_cpu_seconds() - cpu0;
+        client_cpu += cpu;
+        // Bodies are read after the round so that parsing never delays the next answer.
+        for c in answers.drain(..) {
+            latencies.push((c.at - t0).as_secs_f64() * 1000.0);
+            crowd.read(o, &c);
+            if !crowd.seqs.contains(&seq) {
+                missing += 1;
+            }
+        }
+        let this = &mut latencies[round * n..];
+        this.sort_by(f64::total_cmp);
+        note!(
+            "fanout round {}: {n} answers, p50 {:.1} ms, max {:.1} ms (load generator CPU {:.0} ms)",
+            round + 1,
+            percentile(this, 0.5),
+            percentile(this, 1.0),
+            cpu * 1000.0
+        );
+        crowd.poll_all(o)?;
+    }
+    latencies.sort_by(f64::total_cmp);
+    res.fanout = Some(Fanout {
+        p50: percentile(&latencies, 0.5),
+        p99: percentile(&latencies, 0.99),
+        max: percentile(&latencies, 1.0),
+        rounds: o.rounds,
+        samples: latencies.len(),
+        missing,
+        client_cpu_ms: client_cpu * 1000.0 / o.rounds as f64,
+    });
+    res.reconnects += crowd.reactor.counters.reconnects;
+    Ok(())
+}
+
+/// Re-poll: clients re-poll at once while one publisher streams round-robin to 10 channels.
+pub fn repoll(o: &Options, res: &mut Results) -> Result<(), String> {
+    let n = o.repoll_clients;
+    let channels: Vec<String> = (0..REPOLL_CHANNELS)
+        .map(|k| channel_name(&format!("repoll{k}")))
+        .collect();
+    let mut crowd = Crowd::new(o, n, channels.clone())?;
+    let depth = match o.target {
+        Target::Pnsd => REPOLL_WINDOW as usize,
+        // One HTTP connection per channel keeps each channel's publishes in order.
+        _ => (REPOLL_WINDOW as usize).div_ceil(REPOLL_CHANNELS),
+    };
+    crowd.reactor.publisher = Some(make_publisher(o, &crowd.reactor, REPOLL_CHANNELS, depth)?);
+    crowd.poll_all(o)?;
+    crowd.settle(o, "repoll")?;
+    let mut order = OrderCheck::new(n);
+    let mut behind = 0;
+    let mut next_seq = [0u64; REPOLL_CHANNELS];
+    let mut k = 0usize;
+    let mut responses = 0u64;
+    let mut messages = 0u64;
+    let mut request = Vec::new();
+    let secs = o.repoll_seconds();
+    let start = Instant::now();
+    let end = start + Duration::from_secs(secs);
+    let drain_end = end + REPOLL_DRAIN;
+    loop {
+        let now = Instant::now();
+        let publishing = now < end;
+        if publishing {
+            if let Some(p) = crowd.reactor.publisher.as_mut() {
+                // Bounded by the window: at most REPOLL_WINDOW sends per turn.
+                while p.outstanding() < REPOLL_WINDOW {
+                    let ch = k % REPOLL_CHANNELS;
+                    request.clear();
+                    let data = format!("{{\"seq\":{}}}", next_seq[ch]);
+                    dialect::publish_request(o, &channels[ch], &data, &mut request);
+                    p.send(ch, std::mem::take(&mut request));
+                    next_seq[ch] += 1;
+                    k += 1;
+                }
+            }
+        } else {
+            let outstanding = crowd
+                .reactor
+                .publisher
+                .as_ref()
+                .map_or(0, |p| p.outstanding());
+            let caught_up = (0..n).all(|i| order.expected[i] == next_seq[i % REPOLL_CHANNELS]);
+            if outstanding == 0 && caught_up {
+                break;
+            }
+            if now > drain_end {
+                behind = (0..n)
+                    .filter(|&i| order.expected[i] != next_seq[i % REPOLL_CHANNELS])
+                    .count() as u64;
+                note!("repoll: {behind} clients never saw their channel's last message");
+                break;
+            }
+        }
+        let timeout = if publishing {
+            (end - now).min(TICK)
+        } else {
+            TICK
+        };
+        crowd.turn(timeout)?;
+        let done = std::mem::take(&mut crowd.done);
+        for c in &done {
+            let a = crowd.read(o, c);
+            if c.at <= end {
+                responses += 1;
+                messages += a.messages as u64;
+            }
+            order.check(c.client, a.reset, &crowd.seqs);
+            crowd.poll(o, c.client)?;
+        }
+        crowd.done = done;
+        crowd.done.clear();
+    }
+    let (published, failed, last_error) = crowd
+        .reactor
+        .publisher
+        .as_ref()
+        .map_or((0, 0, None), |p| (p.acked, p.failed, p.last_error.clone()));
+    if failed > 0 {
+        note!(
+            "repoll: {failed} publishes failed: {}",
+            last_error.as_deref().unwrap_or("?")
+        );
+    }
+    let secs_f = secs as f64;
+    let r = Repoll {
+        per_s: responses as f64 / secs_f,
+        msgs_per_s: messages as f64 / secs_f,
+        clients: n,
+        seconds: secs_f,
+        published,
+        violations: order.gaps + order.disorder + behind,
+        gaps: order.gaps,
+        skipped: order.skipped,
+        disorder: order.disorder,
+        behind,
+        resets: order.resets,
+    };
+    note!(
+        "repoll: {:.0} answers/s, {:.0} messages/s, {published} published; order violations {} \
+         ({} unannounced gaps skipping {} messages, {} repeated or out of order, {behind} \
+         clients not caught up); {} declared resets",
+        r.per_s,
+        r.msgs_per_s,
+        r.violations,
+        r.gaps,
+        r.skipped,
+        r.disorder,
+        r.resets
+    );
+    res.repoll = Some(r);
+    res.reconnects += crowd.reactor.counters.reconnects;
+    Ok(())
+}
+
+/// Ingest: `--messages` publishes as fast as the window allows.
+pub fn ingest(o: &Options, res: &mut Results) -> Result<(), String> {
+    // No subscribers: the crowd only carries the publisher's event loop.
+    let mut crowd = Crowd::new(o, 0, Vec::new())?;
+    let (lanes, depth, window) = match o.target {
+        Target::Pnsd => (1, INGEST_WINDOW_UNIX as usize, INGEST_WINDOW_UNIX),
+        _ => (
+            INGEST_HTTP_CONNS,
+            INGEST_HTTP_DEPTH,
+            (INGEST_HTTP_CONNS * INGEST_HTTP_DEPTH) as u64,
+        ),
+    };
+    crowd.reactor.publisher = Some(make_publisher(o, &crowd.reactor, lanes, depth)?);
+    let channel = channel_name("ingest");
+    let total = o.messages;
+    let start = Instant::now();
+    let deadline = start + INGEST_BASE + INGEST_PER_MSG * total.min(u32::MAX as u64) as u32;
+    let mut sent = 0u64;
+    let mut request = Vec::new();
+    loop {
+        let Some(p) = crowd.reactor.publisher.as_mut() else {
+            return Err("ingest: no publisher".into());
+        };
+        if p.acked + p.failed >= total {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "ingest: {} of {total} acknowledged after {:.0} s",
+                p.acked + p.failed,
+                start.elapsed().as_secs_f64()
+            ));
+        }
+        while sent < total && p.outstanding() < window {
+            request.clear();
+            dialect::publish_request(o, &channel, &format!("{{\"seq\":{sent}}}"), &mut request);
+            p.send(sent as usize, std::mem::take(&mut request));
+            sent += 1;
+        }
+        crowd.turn(TICK)?;
+    }
+    let took = start.elapsed().as_secs_f64();
+    let (acked, failed, last_error) = crowd
+        .reactor
+        .publisher
+        .as_ref()
+        .map_or((0, 0, None), |p| (p.acked, p.failed, p.last_error.clone()));
+    if failed > 0 {
+        note!(
+            "ingest: {failed} publishes failed: {}",
+            last_error.as_deref().unwrap_or("?")
+        );
+    }
+    let i = Ingest {
+        msgs_per_s: acked as f64 / took,
+        messages: total,
+        failed,
+    };
+    note!(
+        "ingest: {total} publishes in {took:.2} s: {:.0} msg/s",
+        i.msgs_per_s
+    );
+    res.ingest = Some(i);
+    Ok(())
+}
