@@ -522,8 +522,13 @@ impl Reactor {
         }
         let close = self.conns.get(key as usize).is_some_and(|c| c.close_after);
         if self.respond(key, bytes, close) {
-            // A pipelined request may be waiting behind the answer.
-            self.ready.push_back(Ready::Conn(key));
+            let behind = self.conns.get(key as usize).is_some_and(|c| {
+                c.readable || c.pending.as_ref().is_some_and(|p| !p.input.is_empty())
+            });
+            if behind {
+                // A pipelined request waits behind the answer: serve it after this turn.
+                self.ready.push_back(Ready::Conn(key));
+            }
         }
     }
 
@@ -634,6 +639,7 @@ impl Reactor {
     /// Wakes the polls parked on `channel` that have something to receive. Polls on this one
     /// channel with the same cursor get the same answer: it is encoded once and shared.
     fn on_published(&mut self, channel: &str, last_seq: u64) {
+        let started = std::time::Instant::now();
         let mut keys = std::mem::take(&mut self.scratch);
         keys.clear();
         self.waiters.waiting_on(channel, &mut keys);
@@ -663,6 +669,13 @@ impl Reactor {
             } else if let Some((bytes, delivered)) = self.parked_answer(key, false) {
                 self.answer_parked(key, OutBytes::Owned(bytes), delivered);
             }
+        }
+        if keys.len() >= 1000 {
+            debug!(
+                "woke {} polls on {channel} in {} us",
+                keys.len(),
+                started.elapsed().as_micros()
+            );
         }
         self.scratch = keys;
     }
