@@ -119,13 +119,14 @@ impl Reactor {
         let epoch = hub.read().epoch();
         // Capacities fixed at start: the slab's virtual size is the connection limit; pages are
         // touched only as connections arrive.
-        let conns = Slab::with_capacity(hub.max_connections.min(1 << 20));
+        let capacity = hub.max_connections.min(1 << 20);
+        let conns = Slab::with_capacity(capacity);
         Ok(Reactor {
             poll,
             listeners,
             conns,
             wheel: HoldWheel::new(slots, tick_of(now)),
-            waiters: Waiters::new(),
+            waiters: Waiters::with_capacity(capacity),
             pool: BufferPool::new(MAX_HEAD, POOL_KEEP),
             hub,
             commands,
@@ -323,7 +324,6 @@ impl Reactor {
                 skip = s;
                 if !input.is_empty() || c.readable {
                     let mut b = self.pool.take();
-                    b.resize(MAX_HEAD, 0);
                     if input.len() > b.len() {
                         b.resize(input.len(), 0);
                     }

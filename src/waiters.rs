@@ -48,6 +48,16 @@ impl Waiters {
         Waiters::default()
     }
 
+    /// An index with room for `polls` single-channel parked polls reserved up front (virtual
+    /// memory: pages are touched only as polls park), so growing never copies the node slab
+    /// and leaves freed copies behind in the allocator.
+    pub fn with_capacity(polls: usize) -> Waiters {
+        Waiters {
+            nodes: Slab::with_capacity(polls),
+            ..Waiters::default()
+        }
+    }
+
     /// Registers connection `conn` as waiting on `channels` (no repeats); returns its first node.
     pub fn park<S: AsRef<str>>(&mut self, conn: u32, channels: &[S]) -> u32 {
         let mut first = NIL;
