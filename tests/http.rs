@@ -654,7 +654,6 @@ fn clients_hanging_up_mid_request_are_cleaned_up() {
 }
 
 #[test]
-#[ignore = "slow (about 80 s): run with `cargo test --test http -- --ignored`"]
 fn idle_keep_alive_connection_is_closed_after_75_s() {
     let s = Server::start(&["--threads", "1"]);
     let mut c = s.http();
