@@ -122,6 +122,9 @@ pub fn handle(head: &RequestHead, hub: &Hub, now_ms: u64) -> Outcome {
                 405 => Some("GET, OPTIONS"),
                 _ => None,
             },
+            // RFC 9112 section 6.3: a response to HEAD has no content; a client would read a
+            // body as the start of the next response on this keep-alive connection.
+            no_body: head.method == Method::Head,
             ..Extra::default()
         };
         response::write_error(&mut bytes, &e, &extra);
@@ -273,4 +276,31 @@ pub fn empty_answer(epoch: u64, seq: u64, close: bool, cors: Option<&str>) -> Ve
         last_seq: seq,
     };
     answer::<&str>(&found, &[], epoch, close, cors)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    /// Found by the `request` fuzz target (fuzz/corpus/request/regression-head-body): a HEAD
+    /// was answered 405 with its JSON body on a kept connection, but a client reads no body
+    /// after HEAD (RFC 9112 section 6.3) and takes those bytes for the next response.
+    #[test]
+    fn head_is_answered_without_a_body() {
+        let hub = Hub::new(Config::default(), 10, None, 1);
+        for path in [POLL_PATH, HEALTH_PATH, "/elsewhere"] {
+            let raw = format!("HEAD {path} HTTP/1.1\r\nHost: h\r\n\r\n");
+            let head = match http::parse_head(raw.as_bytes()) {
+                Ok(Some(h)) => h,
+                other => panic!("{other:?}"),
+            };
+            let Outcome::Respond { bytes, close, .. } = handle(&head, &hub, 0) else {
+                panic!("HEAD parked");
+            };
+            let text = String::from_utf8_lossy(&bytes);
+            let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+            assert!(body.is_empty() || close, "{path}: {text:?}");
+        }
+    }
 }

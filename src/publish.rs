@@ -115,6 +115,7 @@ fn publish_fields<'a>(get: &dyn Fn(&str) -> Option<&'a RawValue>) -> Result<Requ
         }
     }
     let data = get("data").ok_or("data is required")?;
+    strict_json(data.get())?;
     let kind = match get("type") {
         None => None,
         Some(t) => Some(parse_type(t.get()).ok_or("type must be an integer")?),
@@ -124,6 +125,45 @@ fn publish_fields<'a>(get: &dyn Fn(&str) -> Option<&'a RawValue>) -> Result<Requ
         kind,
         data: data.get().into(),
     })
+}
+
+/// Checks what `RawValue` skips: every string of `data` decodes (no lone surrogate escape such
+/// as `"\ud83d"`) and every number fits an f64 (no `1e999`). `data` is forwarded verbatim, so
+/// without this one publish makes every answer carrying it unparsable for strict JSON clients.
+/// `data` is already well-formed JSON; the scan is iterative, so any nesting depth is fine.
+fn strict_json(data: &str) -> Result<(), String> {
+    let bad = |e: serde_json::Error| format!("invalid JSON in data: {e}");
+    let b = data.as_bytes();
+    let mut i = 0;
+    while let Some(&c) = b.get(i) {
+        let start = i;
+        match c {
+            b'"' => {
+                i += 1;
+                while let Some(&c) = b.get(i) {
+                    if c == b'"' {
+                        break;
+                    }
+                    i += if c == b'\\' { 2 } else { 1 };
+                }
+                i += 1;
+                let token = data.get(start..i.min(b.len())).unwrap_or_default();
+                serde_json::from_str::<String>(token).map_err(bad)?;
+            }
+            b'-' | b'0'..=b'9' => {
+                while b
+                    .get(i)
+                    .is_some_and(|c| matches!(c, b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9'))
+                {
+                    i += 1;
+                }
+                let token = data.get(start..i).unwrap_or_default();
+                serde_json::from_str::<serde_json::Number>(token).map_err(bad)?;
+            }
+            _ => i += 1,
+        }
+    }
+    Ok(())
 }
 
 /// A JSON integer (no fraction or exponent) that fits i64.
@@ -605,5 +645,22 @@ mod tests {
         );
         assert!(error(br#"{"op":"nope"}"#).contains("unknown op"));
         assert!(error(b"{\"channel\":\"a\",\"data\":\"\xff\"}").contains("UTF-8"));
+    }
+
+    /// Found by the `publish_line` fuzz target (fuzz/README.md): `RawValue` does not check
+    /// `\u` escapes or number ranges, so these lines were acked and their `data` forwarded
+    /// verbatim, making every poll answer that carries the message unparsable for strict JSON
+    /// clients (serde_json among them) until it left the buffer.
+    #[test]
+    fn rejects_json_that_strict_parsers_refuse() {
+        for line in [
+            r#"{"channel":"a","type":-9223308,"data":"\ud83d~ude00"}"#,
+            r#"{"channel":"a","data":"\udc00"}"#,
+            r#"{"channel":"a","data":{"x":["\ud800"]}}"#,
+            r#"{"channel":"a","data":1e999}"#,
+            r#"{"channel":"a","data":[[{"\udc00":-1E400}]]}"#,
+        ] {
+            assert!(error(line.as_bytes()).contains("invalid JSON"), "{line}");
+        }
     }
 }

@@ -128,6 +128,8 @@ pub struct Extra<'a> {
     pub preflight: bool,
     /// `Retry-After` (503).
     pub retry_after: bool,
+    /// Headers only (an answer to HEAD): `Content-Length` still names the body's length.
+    pub no_body: bool,
 }
 
 /// Appends a whole response.
@@ -165,7 +167,7 @@ pub fn write(out: &mut Vec<u8>, status: u16, extra: &Extra<'_>, body: &[u8]) {
         let _ = write!(out, "Content-Length: {}\r\n", body.len());
     }
     out.extend_from_slice(b"\r\n");
-    if status != 204 {
+    if status != 204 && !extra.no_body {
         out.extend_from_slice(body);
     }
 }

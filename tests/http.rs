@@ -706,3 +706,28 @@ fn large_answers_are_written_completely() {
         assert_eq!(c.read_response().status, 200);
     }
 }
+
+#[test]
+fn head_answer_has_no_body_and_keeps_the_connection_in_step() {
+    // Found by fuzzing: a body after a HEAD answer would be read as the next response.
+    let s = Server::start(&["--threads", "1"]);
+    let mut sock = std::net::TcpStream::connect(s.addr).expect("connect");
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    std::io::Write::write_all(
+        &mut sock,
+        b"HEAD /pns/poll?channel=a HTTP/1.1\r\n\r\nGET /pns/health HTTP/1.1\r\nConnection: close\r\n\r\n",
+    )
+    .expect("send");
+    let mut all = Vec::new();
+    std::io::Read::read_to_end(&mut sock, &mut all).expect("read");
+    let text = String::from_utf8(all).expect("utf-8");
+    let (head, rest) = text.split_once("\r\n\r\n").expect("a head");
+    assert!(head.starts_with("HTTP/1.1 405 "), "{text}");
+    assert!(head.contains("Allow: GET, OPTIONS"), "{text}");
+    assert!(
+        rest.starts_with("HTTP/1.1 200 "),
+        "bytes between the answers: {text}"
+    );
+    assert!(rest.ends_with("{\"ok\":true}"), "{text}");
+}
