@@ -138,7 +138,8 @@ impl Conn {
         }
     }
 
-    /// Reads into `buf[*filled..]` until `WouldBlock`, end of stream or a full buffer.
+    /// Reads into `buf[*filled..]` until a short read or `WouldBlock` (drained), end of stream,
+    /// or a full buffer.
     pub fn read_into(&mut self, buf: &mut [u8], filled: &mut usize) -> io::Result<ReadEnd> {
         // Bounded: each pass either fills bytes or ends.
         loop {
@@ -151,7 +152,17 @@ impl Conn {
                     self.readable = false;
                     return Ok(ReadEnd::Eof);
                 }
-                Ok(n) => *filled += n,
+                Ok(n) => {
+                    let asked = buf.len() - *filled;
+                    *filled += n;
+                    if n < asked {
+                        // A short read took everything the socket held; bytes arriving later
+                        // raise a new edge. Saves the read that would only say WouldBlock
+                        // (tokio clears readiness the same way).
+                        self.readable = false;
+                        return Ok(ReadEnd::Drained);
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.readable = false;
                     return Ok(ReadEnd::Drained);

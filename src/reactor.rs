@@ -8,7 +8,8 @@
 //!
 //! Invariants:
 //! - Readiness is edge-triggered; a connection's `readable` bit is cleared only by a read that
-//!   reached `WouldBlock` or end of stream, so no edge is lost when work is deferred.
+//!   reached `WouldBlock`, end of stream, or came back short (the socket held less than asked:
+//!   anything later raises a new edge), so no edge is lost when work is deferred.
 //! - Every armed timer belongs to a live connection: `close` cancels before removing.
 //! - A parked connection is in `Waiters` exactly while `phase == Parked`; the `parked` counter
 //!   moves with `park` and `unpark` only.
@@ -89,6 +90,9 @@ pub struct Reactor {
     drain_until: Option<u64>,
     accept_paused_until: Option<u64>,
     epoch: u64,
+    /// The clock (ms) read once per loop turn: every deadline and store read of the turn uses
+    /// it, so a turn is one instant and the clock costs one read, not one per request.
+    now: u64,
 }
 
 fn tick_of(ms: u64) -> u32 {
@@ -136,6 +140,7 @@ impl Reactor {
             drain_until: None,
             accept_paused_until: None,
             epoch,
+            now,
         })
     }
 
@@ -150,6 +155,7 @@ impl Reactor {
                 }
                 continue;
             }
+            self.now = self.hub.clock.now_ms();
             for ev in events.iter() {
                 match ev.token() {
                     WAKER => {}
@@ -163,7 +169,7 @@ impl Reactor {
             self.tick();
             self.serve_ready();
             if let Some(until) = self.drain_until {
-                if self.conns.is_empty() || self.hub.clock.now_ms() >= until {
+                if self.conns.is_empty() || self.now >= until {
                     return;
                 }
             }
@@ -204,7 +210,7 @@ impl Reactor {
                     // EMFILE, ENFILE, ENOBUFS, ENOMEM: the pending connections stay in the
                     // backlog; retry after a pause instead of spinning on the edge.
                     warn!("accept failed, pausing {ACCEPT_PAUSE_MS} ms: {e}");
-                    self.accept_paused_until = Some(self.hub.clock.now_ms() + ACCEPT_PAUSE_MS);
+                    self.accept_paused_until = Some(self.now + ACCEPT_PAUSE_MS);
                     return;
                 }
             }
@@ -364,7 +370,7 @@ impl Reactor {
                     if c.phase == Phase::Idle {
                         c.phase = Phase::Head;
                     }
-                    let now = self.hub.clock.now_ms();
+                    let now = self.now;
                     match poll::handle(&head, &self.hub, now) {
                         Outcome::Respond {
                             bytes,
@@ -536,7 +542,7 @@ impl Reactor {
     fn parked_answer(&self, key: u32, even_if_empty: bool) -> Option<(Vec<u8>, bool)> {
         let c = self.conns.get(key as usize)?;
         let chans = self.waiters.channels_of(c.waits);
-        let now = self.hub.clock.now_ms();
+        let now = self.now;
         let found = self.hub.read().read(&chans, c.after, now, MAX_PER_ANSWER);
         if found.messages.is_empty() && !found.reset && !even_if_empty {
             return None;
@@ -564,14 +570,14 @@ impl Reactor {
     }
 
     fn arm(&mut self, key: u32, after_ms: u64) {
-        let deadline = tick_of(self.hub.clock.now_ms().saturating_add(after_ms));
+        let deadline = tick_of(self.now.saturating_add(after_ms));
         self.wheel.insert(&mut self.conns, key, deadline);
     }
 
     // ---- time
 
     fn tick(&mut self) {
-        let now = self.hub.clock.now_ms();
+        let now = self.now;
         if self.accept_paused_until.is_some_and(|t| now >= t) {
             self.accept_paused_until = None;
             for i in 0..self.listeners.len() {
@@ -655,7 +661,7 @@ impl Reactor {
             if self.waiters.is_single(c.waits) {
                 let k = (c.after, c.close_after);
                 let entry = shared.entry(k).or_insert_with(|| {
-                    let now = self.hub.clock.now_ms();
+                    let now = self.now;
                     let found = self.hub.read().read(&[channel], k.0, now, MAX_PER_ANSWER);
                     if found.messages.is_empty() && !found.reset {
                         return None;
@@ -683,7 +689,7 @@ impl Reactor {
     /// Section 6: stop accepting, answer every parked poll c=0 without advancing its cursor,
     /// let writes in flight finish, close the rest.
     fn drain(&mut self) {
-        let now = self.hub.clock.now_ms();
+        let now = self.now;
         self.drain_until = Some(now + DRAIN_MS);
         for mut l in self.listeners.drain(..) {
             let _ = self.poll.registry().deregister(&mut l);
