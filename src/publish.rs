@@ -41,8 +41,10 @@ const SWEEP_MS: u64 = 1000;
 /// How long a stats request waits for the reactors' reports.
 const STATS_WAIT: Duration = Duration::from_secs(1);
 
-/// How long accepting pauses after EMFILE/ENFILE (as the reactors do).
+/// How long accepting pauses after EMFILE/ENFILE, and how often that is logged (as the
+/// reactors do).
 const ACCEPT_PAUSE_MS: u64 = crate::reactor::ACCEPT_PAUSE_MS;
+const ACCEPT_WARN_EVERY_MS: u64 = crate::reactor::ACCEPT_WARN_EVERY_MS;
 
 const WAKER: Token = Token(0);
 const LISTENER: Token = Token(1);
@@ -215,7 +217,8 @@ pub struct Publisher {
     next_sweep: u64,
     /// After EMFILE/ENFILE on accept: when to try again (the listener's edge is spent).
     accept_retry_at: Option<u64>,
-    draining: bool,
+    /// When an accept failure was last logged (a full fd table fails every retry).
+    accept_warned_at: Option<u64>,
 }
 
 /// How the main thread reaches the publish thread: a drain request.
@@ -248,7 +251,7 @@ impl Publisher {
                 touched_upto: 0,
                 next_sweep: now + SWEEP_MS,
                 accept_retry_at: None,
-                draining: false,
+                accept_warned_at: None,
             },
             PublisherLink { drain: tx, waker },
         ))
@@ -347,8 +350,15 @@ impl Publisher {
                 Err(e) => {
                     // EMFILE and friends: the waiting publisher stays in the backlog and no new
                     // edge will come for it, so retry after a pause.
-                    warn!("publish accept failed, retrying in {ACCEPT_PAUSE_MS} ms: {e}");
-                    self.accept_retry_at = Some(self.hub.clock.now_ms() + ACCEPT_PAUSE_MS);
+                    let now = self.hub.clock.now_ms();
+                    if self
+                        .accept_warned_at
+                        .is_none_or(|t| now >= t + ACCEPT_WARN_EVERY_MS)
+                    {
+                        warn!("publish accept failed, retrying every {ACCEPT_PAUSE_MS} ms: {e}");
+                        self.accept_warned_at = Some(now);
+                    }
+                    self.accept_retry_at = Some(now + ACCEPT_PAUSE_MS);
                     return;
                 }
             }
@@ -533,7 +543,6 @@ impl Publisher {
 
     /// Section 6: stop accepting, answer what was received, flush, close.
     fn drain(&mut self) {
-        self.draining = true;
         if let Some(mut l) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut l);
         }

@@ -55,6 +55,8 @@ pub const IDLE_TIMEOUT_MS: u64 = 75_000;
 pub const WRITE_TIMEOUT_MS: u64 = 30_000;
 /// How long accepting pauses after EMFILE/ENFILE, so a full fd table does not spin the loop.
 pub const ACCEPT_PAUSE_MS: u64 = 100;
+/// A full fd table fails every retry: log it at most this often.
+pub const ACCEPT_WARN_EVERY_MS: u64 = 10_000;
 /// Accepts per listener readiness before other work gets a turn.
 pub const ACCEPT_BATCH: usize = 256;
 /// Requests one connection may have handled per turn (pipelining) before others get a turn.
@@ -89,6 +91,8 @@ pub struct Reactor {
     scratch: Vec<u32>,
     drain_until: Option<u64>,
     accept_paused_until: Option<u64>,
+    /// When an accept failure was last logged.
+    accept_warned_at: Option<u64>,
     epoch: u64,
     /// The clock (ms) read once per loop turn: every deadline and store read of the turn uses
     /// it, so a turn is one instant and the clock costs one read, not one per request.
@@ -139,6 +143,7 @@ impl Reactor {
             scratch: Vec::new(),
             drain_until: None,
             accept_paused_until: None,
+            accept_warned_at: None,
             epoch,
             now,
         })
@@ -209,7 +214,13 @@ impl Reactor {
                 Err(e) => {
                     // EMFILE, ENFILE, ENOBUFS, ENOMEM: the pending connections stay in the
                     // backlog; retry after a pause instead of spinning on the edge.
-                    warn!("accept failed, pausing {ACCEPT_PAUSE_MS} ms: {e}");
+                    if self
+                        .accept_warned_at
+                        .is_none_or(|t| self.now >= t + ACCEPT_WARN_EVERY_MS)
+                    {
+                        warn!("accept failed, pausing {ACCEPT_PAUSE_MS} ms between tries: {e}");
+                        self.accept_warned_at = Some(self.now);
+                    }
                     self.accept_paused_until = Some(self.now + ACCEPT_PAUSE_MS);
                     return;
                 }
