@@ -404,6 +404,28 @@ const STALL_QUIET: Duration = Duration::from_secs(3);
 /// The server's write deadline (30 s, reactor `WRITE_TIMEOUT_MS`) plus a generous margin.
 const WRITE_DEADLINE_WAIT: Duration = Duration::from_secs(30 + 45);
 
+/// Writes `all` on a non-blocking socket until it is written or no byte could be sent for
+/// `STALL_QUIET`; returns how many bytes went in. `who` names the writer in failures.
+fn write_until_stalled(w: &mut impl Write, all: &[u8], who: &str) -> usize {
+    let mut sent = 0;
+    let mut last_progress = Instant::now();
+    let give_up = Instant::now() + DEADLINE * 2;
+    while sent < all.len() && last_progress.elapsed() < STALL_QUIET {
+        assert!(Instant::now() < give_up, "{who} never stalled");
+        match w.write(&all[sent..]) {
+            Ok(n) if n > 0 => {
+                sent += n;
+                last_progress = Instant::now();
+            }
+            Ok(_) => panic!("{who}: write returned 0"),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => thread::sleep(Duration::from_millis(20)),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => panic!("{who}: write failed: {e}"),
+        }
+    }
+    sent
+}
+
 /// Publishes a big message on `ch` and opens a non-reading client that pipelines polls for
 /// it. Returns the client and how many bytes of requests it got into the connection before
 /// writes stopped making progress.
@@ -417,22 +439,7 @@ fn stalled_client(server: &Server, ch: &str) -> (TcpStream, usize, usize) {
     let all: Vec<u8> = req.as_bytes().repeat(STALL_REQUESTS);
     let mut s = TcpStream::connect(server.addr).expect("connect");
     s.set_nonblocking(true).expect("nonblocking");
-    let mut sent = 0;
-    let mut last_progress = Instant::now();
-    let give_up = Instant::now() + DEADLINE * 2;
-    while sent < all.len() && last_progress.elapsed() < STALL_QUIET {
-        assert!(Instant::now() < give_up, "the client never stalled");
-        match s.write(&all[sent..]) {
-            Ok(n) if n > 0 => {
-                sent += n;
-                last_progress = Instant::now();
-            }
-            Ok(_) => panic!("write returned 0"),
-            Err(e) if e.kind() == ErrorKind::WouldBlock => thread::sleep(Duration::from_millis(20)),
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => panic!("stalled client write: {e}"),
-        }
-    }
+    let sent = write_until_stalled(&mut s, &all, "the client");
     (s, sent, all.len())
 }
 
@@ -853,22 +860,7 @@ fn a_publisher_that_never_reads_its_acks_does_not_block_others() {
     let all = line.repeat(FLOOD_LINES).into_bytes();
     let mut rude = std::os::unix::net::UnixStream::connect(&server.socket).expect("connect");
     rude.set_nonblocking(true).expect("nonblocking");
-    let mut sent = 0;
-    let mut last_progress = Instant::now();
-    let give_up = Instant::now() + DEADLINE * 2;
-    while sent < all.len() && last_progress.elapsed() < STALL_QUIET {
-        assert!(Instant::now() < give_up, "the rude publisher never stalled");
-        match rude.write(&all[sent..]) {
-            Ok(n) if n > 0 => {
-                sent += n;
-                last_progress = Instant::now();
-            }
-            Ok(_) => panic!("write returned 0"),
-            Err(e) if e.kind() == ErrorKind::WouldBlock => thread::sleep(Duration::from_millis(20)),
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => panic!("rude publisher write: {e}"),
-        }
-    }
+    let sent = write_until_stalled(&mut rude, &all, "the rude publisher");
     eprintln!(
         "non-reading publisher got {} of {FLOOD_LINES} lines in",
         sent / line.len()
