@@ -8,7 +8,7 @@
 #                    --seconds 10 --messages 10000), each overridable by an explicit option
 #   --servers LIST   comma-separated subset of pnsd,nchan,jetty, run in that order [all three]
 #   other options    passed to the loadgen unchanged (--scenario, --conns, --rounds, --seconds,
-#                    --repoll-clients, --messages); see LOADGEN_CLI / benches/loadgen
+#                    --repoll-clients, --messages); see benches/loadgen/README.md
 # Environment: JAVA_OPTS (JVM options for the Jetty peer, default -Xmx2g), CARGO_TARGET_DIR;
 #   PNSD_BIN / LOADGEN_BIN: use these executables instead of building them with cargo.
 #

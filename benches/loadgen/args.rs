@@ -1,4 +1,4 @@
-//! The load generator's command line (the contract is `LOADGEN_CLI.md`).
+//! The load generator's command line (documented in `benches/loadgen/README.md`).
 //!
 //! Invariants: `parse` either returns a fully validated `Options` (every number positive where
 //! zero would make a scenario meaningless, URLs split into address and path) or a one-line
@@ -27,7 +27,7 @@ pub const USAGE: &str =
     "loadgen: usage: cargo bench --bench loadgen -- [--target pnsd|nchan|jetty] \
 [--addr HOST:PORT] [--publish-socket PATH] [--publish-url URL] [--pid PID]... \
 [--scenario density|fanout|repoll|ingest|idle|all] [--conns N] [--rounds N] [--repoll-clients N] \
-[--seconds N] [--messages N] [--json PATH] [--label NAME] (see LOADGEN_CLI.md)";
+[--seconds N] [--messages N] [--json PATH] [--label NAME] (see benches/loadgen/README.md)";
 
 /// Which server dialect to speak.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,5 +1,5 @@
 //! pnsd's load generator (issue 4): density, fan-out, re-poll, ingest and idle CPU against
-//! pnsd, nginx+nchan or a Jetty long-poll server. The command line is `LOADGEN_CLI.md`.
+//! pnsd, nginx+nchan or a Jetty long-poll server. The command line is in `README.md` beside this file.
 //!
 //! Invariants: one thread and one mio `Poll` (no async runtime); the soft RLIMIT_NOFILE is
 //! raised to the hard limit before anything opens, and a run needing more sockets than the limit

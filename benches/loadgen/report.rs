@@ -1,4 +1,4 @@
-//! Results of one run: the markdown table row and the JSON object of `LOADGEN_CLI.md`.
+//! Results of one run: the markdown table row and the JSON object of `README.md` beside this file.
 //!
 //! Invariants: a scenario that did not run leaves its fields `None`, printed as `-` in the
 //! table and `null` in JSON; the JSON keys named by the contract are always present.
