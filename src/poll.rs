@@ -62,17 +62,17 @@ const TOO_MANY: ApiError = ApiError::new(
 );
 
 /// The channels a poll waits on: the query's (checked against the token when a secret is set),
-/// or, with a token and none named, every channel the token grants.
+/// or, with a token and none named, every channel the token grants. Takes the query's channels.
 pub fn resolve_channels(
     head: &RequestHead,
-    q: &PollQuery,
+    q: &mut PollQuery,
     hub: &Hub,
 ) -> Result<Vec<String>, ApiError> {
     let Some(secret) = &hub.secret else {
         if q.channels.is_empty() {
             return Err(response::NO_CHANNEL);
         }
-        return Ok(q.channels.clone());
+        return Ok(std::mem::take(&mut q.channels));
     };
     let tok = match &head.authorization {
         Some(h) => {
@@ -81,14 +81,14 @@ pub fn resolve_channels(
             if !scheme.eq_ignore_ascii_case("bearer") || rest.trim().is_empty() {
                 return Err(response::NOT_BEARER);
             }
-            rest.trim().to_string()
+            rest.trim()
         }
         None => match &q.sid {
-            Some(s) => s.clone(),
+            Some(s) => s.as_str(),
             None => return Err(response::TOKEN_MISSING),
         },
     };
-    let claims = token::verify(secret, &tok, token::unix_now()).map_err(token_error)?;
+    let claims = token::verify(secret, tok, token::unix_now()).map_err(token_error)?;
     if q.channels.is_empty() {
         if claims.channels.is_empty() {
             return Err(response::NO_CHANNEL);
@@ -102,7 +102,7 @@ pub fn resolve_channels(
         .iter()
         .all(|c| claims.channels.iter().any(|g| g == c))
     {
-        Ok(q.channels.clone())
+        Ok(std::mem::take(&mut q.channels))
     } else {
         Err(response::FORBIDDEN_CHANNEL)
     }
@@ -181,11 +181,11 @@ pub fn handle(head: &RequestHead, hub: &Hub, now_ms: u64) -> Outcome {
         _ => return err(response::NOT_FOUND, None),
     }
 
-    let q = match query::parse_poll_query(&head.query) {
+    let mut q = match query::parse_poll_query(&head.query) {
         Ok(q) => q,
         Err(e) => return err(query_error(e), cors),
     };
-    let channels = match resolve_channels(head, &q, hub) {
+    let channels = match resolve_channels(head, &mut q, hub) {
         Ok(c) => c,
         Err(e) => return err(e, cors),
     };
