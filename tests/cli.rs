@@ -170,16 +170,14 @@ fn unknown_subcommand_is_exit_2() {
     assert!(line.contains("frobnicate"), "{line:?}");
 }
 
-#[test]
-fn address_in_use_is_exit_1() {
-    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = taken.local_addr().expect("addr").to_string();
+/// Runs `serve --listen ADDR` with a fresh socket path; it must exit 1 with one stderr line.
+fn serve_expecting_exit_1(addr: &str) -> Run {
     let dir = TempDir::new();
     let sock = dir.join("x.sock");
     let run = run_pnsd(
         &[
             "--listen",
-            &addr,
+            addr,
             "--publish-socket",
             sock.to_str().expect("utf-8"),
         ],
@@ -187,6 +185,14 @@ fn address_in_use_is_exit_1() {
     );
     assert_eq!(run.code(), Some(1), "stderr {:?}", run.stderr);
     run.one_stderr_line();
+    run
+}
+
+#[test]
+fn address_in_use_is_exit_1() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let run = serve_expecting_exit_1(&addr);
     assert!(run.stdout.is_empty());
     drop(taken);
 }
@@ -195,20 +201,7 @@ fn address_in_use_is_exit_1() {
 fn address_of_a_running_pnsd_is_exit_1() {
     // SO_REUSEPORT must not let a second server silently share the first one's port.
     let s = Server::start(&["--threads", "1"]);
-    let dir = TempDir::new();
-    let sock = dir.join("x.sock");
-    let addr = s.addr.to_string();
-    let run = run_pnsd(
-        &[
-            "--listen",
-            &addr,
-            "--publish-socket",
-            sock.to_str().expect("utf-8"),
-        ],
-        &dir.path,
-    );
-    assert_eq!(run.code(), Some(1), "stderr {:?}", run.stderr);
-    run.one_stderr_line();
+    serve_expecting_exit_1(&s.addr.to_string());
     assert_eq!(s.http().request("/pns/health").status, 200);
 }
 
@@ -448,14 +441,7 @@ fn stats_subcommand_prints_the_stats_line() {
     assert_eq!(run.stdout.lines().count(), 1, "stdout {:?}", run.stdout);
     let v: Value = serde_json::from_str(run.stdout.trim_end()).expect("stats JSON");
     assert_eq!(v["ok"], true);
-    for k in [
-        "connections",
-        "parked",
-        "channels",
-        "messages",
-        "published",
-        "delivered",
-    ] {
+    for k in STATS_FIELDS {
         assert!(v[k].is_u64(), "stats field {k} missing in {v}");
     }
     assert_eq!(v["published"], 1);

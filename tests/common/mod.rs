@@ -413,6 +413,16 @@ pub fn run_pnsd(args: &[&str], cwd: &Path) -> Run {
 // ---------------------------------------------------------------------------------------------
 // HTTP
 
+/// The counters of the stats line (PROTOCOL.md section 5), besides `ok`.
+pub const STATS_FIELDS: [&str; 6] = [
+    "connections",
+    "parked",
+    "channels",
+    "messages",
+    "published",
+    "delivered",
+];
+
 /// Percent-encodes everything except RFC 3986 unreserved characters.
 pub fn pct(s: &str) -> String {
     let mut out = String::new();
