@@ -11,8 +11,9 @@
 //! - `wheel`: the hashed timer wheel of hold, head, idle and write deadlines;
 //! - `store`, `cursor`: channel buffers, the global message order and cursors;
 //! - `publish`: the Unix publish socket (NDJSON) and its thread;
-//! - `hub`: what the threads share; `pool`: read buffers; `cli`, `client`, `config`.
+//! - `backoff`: accept back-off on EMFILE; `hub`: what the threads share; `pool`: read buffers; `cli`, `client`, `config`.
 
+pub mod backoff;
 pub mod cli;
 pub mod client;
 pub mod config;

@@ -25,6 +25,7 @@ use mio::{Events, Interest, Poll, Token};
 use serde_json::value::RawValue;
 use slab::Slab;
 
+use crate::backoff::{self, AcceptBackoff};
 use crate::hub::{Command, Hub, ReactorLink};
 use crate::query::valid_channel;
 use crate::response::json_string;
@@ -40,11 +41,6 @@ const READS_PER_TURN: usize = 4;
 const SWEEP_MS: u64 = 1000;
 /// How long a stats request waits for the reactors' reports.
 const STATS_WAIT: Duration = Duration::from_secs(1);
-
-/// How long accepting pauses after EMFILE/ENFILE, and how often that is logged (as the
-/// reactors do).
-const ACCEPT_PAUSE_MS: u64 = crate::reactor::ACCEPT_PAUSE_MS;
-const ACCEPT_WARN_EVERY_MS: u64 = crate::reactor::ACCEPT_WARN_EVERY_MS;
 
 const WAKER: Token = Token(0);
 const LISTENER: Token = Token(1);
@@ -215,10 +211,7 @@ pub struct Publisher {
     touched: BTreeSet<Box<str>>,
     touched_upto: u64,
     next_sweep: u64,
-    /// After EMFILE/ENFILE on accept: when to try again (the listener's edge is spent).
-    accept_retry_at: Option<u64>,
-    /// When an accept failure was last logged (a full fd table fails every retry).
-    accept_warned_at: Option<u64>,
+    accept_backoff: AcceptBackoff,
 }
 
 /// How the main thread reaches the publish thread: a drain request.
@@ -250,8 +243,7 @@ impl Publisher {
                 touched: BTreeSet::new(),
                 touched_upto: 0,
                 next_sweep: now + SWEEP_MS,
-                accept_retry_at: None,
-                accept_warned_at: None,
+                accept_backoff: AcceptBackoff::default(),
             },
             PublisherLink { drain: tx, waker },
         ))
@@ -264,8 +256,8 @@ impl Publisher {
         loop {
             let timeout = if !again.is_empty() {
                 Duration::ZERO
-            } else if self.accept_retry_at.is_some() {
-                Duration::from_millis(ACCEPT_PAUSE_MS)
+            } else if self.accept_backoff.is_paused() {
+                Duration::from_millis(backoff::PAUSE_MS)
             } else {
                 Duration::from_millis(SWEEP_MS)
             };
@@ -300,8 +292,7 @@ impl Publisher {
             }
             self.notify();
             let now = self.hub.clock.now_ms();
-            if self.accept_retry_at.is_some_and(|t| now >= t) {
-                self.accept_retry_at = None;
+            if self.accept_backoff.resume(now) {
                 self.accept();
             }
             if now >= self.next_sweep {
@@ -319,7 +310,7 @@ impl Publisher {
     }
 
     fn accept(&mut self) {
-        if self.accept_retry_at.is_some() {
+        if self.accept_backoff.is_paused() {
             return;
         }
         // Bounded: the backlog is finite and each pass takes one connection or stops.
@@ -350,15 +341,8 @@ impl Publisher {
                 Err(e) => {
                     // EMFILE and friends: the waiting publisher stays in the backlog and no new
                     // edge will come for it, so retry after a pause.
-                    let now = self.hub.clock.now_ms();
-                    if self
-                        .accept_warned_at
-                        .is_none_or(|t| now >= t + ACCEPT_WARN_EVERY_MS)
-                    {
-                        warn!("publish accept failed, retrying every {ACCEPT_PAUSE_MS} ms: {e}");
-                        self.accept_warned_at = Some(now);
-                    }
-                    self.accept_retry_at = Some(now + ACCEPT_PAUSE_MS);
+                    self.accept_backoff
+                        .failed(self.hub.clock.now_ms(), "publish", &e);
                     return;
                 }
             }

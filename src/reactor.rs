@@ -29,6 +29,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
+use crate::backoff::AcceptBackoff;
 use crate::conn::{Conn, OutBytes, Phase, ReadEnd};
 use crate::http::{self, Method, MAX_HEAD};
 use crate::hub::{Command, Hub};
@@ -53,10 +54,6 @@ pub const IDLE_TIMEOUT_MS: u64 = 75_000;
 /// A client that does not take a response within this time is dropped (its output is
 /// bounded to one response, but the slot is not given away forever).
 pub const WRITE_TIMEOUT_MS: u64 = 30_000;
-/// How long accepting pauses after EMFILE/ENFILE, so a full fd table does not spin the loop.
-pub const ACCEPT_PAUSE_MS: u64 = 100;
-/// A full fd table fails every retry: log it at most this often.
-pub const ACCEPT_WARN_EVERY_MS: u64 = 10_000;
 /// Accepts per listener readiness before other work gets a turn.
 pub const ACCEPT_BATCH: usize = 256;
 /// Requests one connection may have handled per turn (pipelining) before others get a turn.
@@ -90,9 +87,7 @@ pub struct Reactor {
     expired: Vec<u32>,
     scratch: Vec<u32>,
     drain_until: Option<u64>,
-    accept_paused_until: Option<u64>,
-    /// When an accept failure was last logged.
-    accept_warned_at: Option<u64>,
+    accept_backoff: AcceptBackoff,
     epoch: u64,
     /// The clock (ms) read once per loop turn: every deadline and store read of the turn uses
     /// it, so a turn is one instant and the clock costs one read, not one per request.
@@ -142,8 +137,7 @@ impl Reactor {
             expired: Vec::new(),
             scratch: Vec::new(),
             drain_until: None,
-            accept_paused_until: None,
-            accept_warned_at: None,
+            accept_backoff: AcceptBackoff::default(),
             epoch,
             now,
         })
@@ -185,8 +179,7 @@ impl Reactor {
         if !self.ready.is_empty() {
             return Some(Duration::ZERO);
         }
-        if self.wheel.is_empty() && self.drain_until.is_none() && self.accept_paused_until.is_none()
-        {
+        if self.wheel.is_empty() && self.drain_until.is_none() && !self.accept_backoff.is_paused() {
             return None;
         }
         let now = self.hub.clock.now_ms();
@@ -196,7 +189,7 @@ impl Reactor {
     // ---- accepting
 
     fn accept(&mut self, i: usize) {
-        if self.accept_paused_until.is_some() || self.drain_until.is_some() {
+        if self.accept_backoff.is_paused() || self.drain_until.is_some() {
             return;
         }
         for _ in 0..ACCEPT_BATCH {
@@ -214,14 +207,7 @@ impl Reactor {
                 Err(e) => {
                     // EMFILE, ENFILE, ENOBUFS, ENOMEM: the pending connections stay in the
                     // backlog; retry after a pause instead of spinning on the edge.
-                    if self
-                        .accept_warned_at
-                        .is_none_or(|t| self.now >= t + ACCEPT_WARN_EVERY_MS)
-                    {
-                        warn!("accept failed, pausing {ACCEPT_PAUSE_MS} ms between tries: {e}");
-                        self.accept_warned_at = Some(self.now);
-                    }
-                    self.accept_paused_until = Some(self.now + ACCEPT_PAUSE_MS);
+                    self.accept_backoff.failed(self.now, "HTTP", &e);
                     return;
                 }
             }
@@ -589,8 +575,7 @@ impl Reactor {
 
     fn tick(&mut self) {
         let now = self.now;
-        if self.accept_paused_until.is_some_and(|t| now >= t) {
-            self.accept_paused_until = None;
+        if self.accept_backoff.resume(now) {
             for i in 0..self.listeners.len() {
                 self.ready.push_back(Ready::Listener(i));
             }
