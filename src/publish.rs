@@ -210,6 +210,9 @@ pub struct Publisher {
     /// Channels that got messages since the reactors were last told, and the newest seq.
     touched: BTreeSet<Box<str>>,
     touched_upto: u64,
+    /// The one read buffer of this thread, zeroed once; bytes read are appended to the
+    /// publisher's input, so a read costs no per-call zeroing or allocation.
+    scratch: Box<[u8]>,
     next_sweep: u64,
     accept_backoff: AcceptBackoff,
 }
@@ -242,6 +245,7 @@ impl Publisher {
                 commands: rx,
                 touched: BTreeSet::new(),
                 touched_upto: 0,
+                scratch: vec![0; READ_CHUNK].into_boxed_slice(),
                 next_sweep: now + SWEEP_MS,
                 accept_backoff: AcceptBackoff::default(),
             },
@@ -363,25 +367,20 @@ impl Publisher {
             if c.out.len() - c.out_pos > MAX_OUT || !c.readable || c.eof {
                 break;
             }
-            let old = c.input.len();
-            c.input.resize(old + READ_CHUNK, 0);
-            let r = c.sock.read(&mut c.input[old..]);
-            match r {
+            match c.sock.read(&mut self.scratch[..]) {
                 Ok(0) => {
-                    c.input.truncate(old);
                     c.eof = true;
                     c.readable = false;
                 }
                 Ok(n) => {
-                    c.input.truncate(old + n);
+                    c.input.extend_from_slice(&self.scratch[..n]);
                     more = true;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    c.input.truncate(old);
                     c.readable = false;
                     more = false;
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => c.input.truncate(old),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => {
                     self.close(key);
                     return false;
@@ -414,6 +413,7 @@ impl Publisher {
         let mut discarding = c.discarding;
         let mut start = 0;
         let mut store = None;
+        let mut id = String::with_capacity(crate::cursor::MAX_LEN);
         while let Some(nl) = input[start..].iter().position(|&b| b == b'\n') {
             let mut line = &input[start..start + nl];
             start += nl + 1;
@@ -441,9 +441,14 @@ impl Publisher {
                     let now = self.hub.clock.now_ms();
                     let st = store.get_or_insert_with(|| self.hub.write());
                     let msg = st.publish(channels, kind, &data, now);
-                    let id = crate::cursor::encode(st.epoch(), msg.seq);
+                    id.clear();
+                    crate::cursor::encode_into(&mut id, st.epoch(), msg.seq);
                     ack_line(&mut out, &id);
-                    self.touched.extend(msg.channels.iter().cloned());
+                    for c in msg.channels.iter() {
+                        if !self.touched.contains(c) {
+                            self.touched.insert(c.clone());
+                        }
+                    }
                     self.touched_upto = msg.seq;
                 }
                 Ok(Request::Stats) => {
@@ -454,13 +459,18 @@ impl Publisher {
             }
         }
         drop(store);
-        let mut rest = input[start..].to_vec();
+        let mut rest = input;
+        rest.drain(..start);
         if !discarding && rest.len() > MAX_LINE + 1 {
             // Too long already (the +1 leaves room for a CR before the newline).
             discarding = true;
         }
         if discarding {
             rest.clear();
+        }
+        // A burst or a long line grew the buffer; an idle publisher keeps at most a read's worth.
+        if rest.capacity() > 2 * READ_CHUNK && rest.len() <= READ_CHUNK {
+            rest.shrink_to(READ_CHUNK);
         }
         if let Some(c) = self.conns.get_mut(key) {
             c.input = rest;
