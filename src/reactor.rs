@@ -646,7 +646,9 @@ impl Reactor {
         keys.clear();
         self.waiters.waiting_on(channel, &mut keys);
         let mut shared: HashMap<(u64, bool), Option<SharedAnswer>> = HashMap::new();
-        let cors = self.hub.config.cors_origin.as_deref().map(str::to_owned);
+        // A handle on the hub (one refcount), so the origin is borrowed while `self` changes.
+        let hub = self.hub.clone();
+        let cors = hub.config.cors_origin.as_deref();
         for &key in &keys {
             let Some(c) = self.conns.get(key as usize) else {
                 continue;
@@ -662,7 +664,7 @@ impl Reactor {
                     if found.messages.is_empty() && !found.reset {
                         return None;
                     }
-                    let bytes = poll::answer(&found, &[channel], self.epoch, k.1, cors.as_deref());
+                    let bytes = poll::answer(&found, &[channel], self.epoch, k.1, cors);
                     Some((Arc::from(bytes), !found.messages.is_empty()))
                 });
                 if let Some((bytes, delivered)) = entry.clone() {
@@ -691,7 +693,8 @@ impl Reactor {
             let _ = self.poll.registry().deregister(&mut l);
         }
         let keys: Vec<u32> = self.conns.iter().map(|(k, _)| k as u32).collect();
-        let cors = self.hub.config.cors_origin.clone();
+        let hub = self.hub.clone();
+        let cors = hub.config.cors_origin.as_deref();
         for key in keys {
             let Some(c) = self.conns.get_mut(key as usize) else {
                 continue;
@@ -702,7 +705,7 @@ impl Reactor {
             }
             match c.phase {
                 Phase::Parked => {
-                    let bytes = poll::empty_answer(self.epoch, c.after, true, cors.as_deref());
+                    let bytes = poll::empty_answer(self.epoch, c.after, true, cors);
                     self.answer_parked(key, OutBytes::Owned(bytes), false);
                 }
                 Phase::Head if c.pending.as_ref().is_some_and(|p| !p.input.is_empty()) => {
