@@ -272,17 +272,7 @@ pub fn repoll(o: &Options, res: &mut Results) -> Result<(), String> {
         crowd.done = done;
         crowd.done.clear();
     }
-    let (published, failed, last_error) = crowd
-        .reactor
-        .publisher
-        .as_ref()
-        .map_or((0, 0, None), |p| (p.acked, p.failed, p.last_error.clone()));
-    if failed > 0 {
-        note!(
-            "repoll: {failed} publishes failed: {}",
-            last_error.as_deref().unwrap_or("?")
-        );
-    }
+    let (published, _failed) = publish_tally(&crowd, "repoll");
     let secs_f = secs as f64;
     let r = Repoll {
         per_s: responses as f64 / secs_f,
@@ -356,17 +346,7 @@ pub fn ingest(o: &Options, res: &mut Results) -> Result<(), String> {
         crowd.turn(TICK)?;
     }
     let took = start.elapsed().as_secs_f64();
-    let (acked, failed, last_error) = crowd
-        .reactor
-        .publisher
-        .as_ref()
-        .map_or((0, 0, None), |p| (p.acked, p.failed, p.last_error.clone()));
-    if failed > 0 {
-        note!(
-            "ingest: {failed} publishes failed: {}",
-            last_error.as_deref().unwrap_or("?")
-        );
-    }
+    let (acked, failed) = publish_tally(&crowd, "ingest");
     let i = Ingest {
         msgs_per_s: acked as f64 / took,
         messages: total,
@@ -378,4 +358,20 @@ pub fn ingest(o: &Options, res: &mut Results) -> Result<(), String> {
     );
     res.ingest = Some(i);
     Ok(())
+}
+
+/// The publisher's acked and failed counts after `scenario`; failures are noted with the last
+/// error.
+fn publish_tally(crowd: &Crowd, scenario: &str) -> (u64, u64) {
+    let Some(p) = crowd.reactor.publisher.as_ref() else {
+        return (0, 0);
+    };
+    if p.failed > 0 {
+        note!(
+            "{scenario}: {} publishes failed: {}",
+            p.failed,
+            p.last_error.as_deref().unwrap_or("?")
+        );
+    }
+    (p.acked, p.failed)
 }
