@@ -173,13 +173,18 @@ fn unknown_subcommand_is_exit_2() {
 /// Runs `serve --listen ADDR` with a fresh socket path; it must exit 1 with one stderr line.
 fn serve_expecting_exit_1(addr: &str) -> Run {
     let dir = TempDir::new();
-    let sock = dir.join("x.sock");
+    serve_in_expecting_exit_1(&dir, addr, &dir.join("x.sock"))
+}
+
+/// Runs `serve --listen ADDR --publish-socket SOCKET` in `dir`; it must exit 1 with one stderr
+/// line.
+fn serve_in_expecting_exit_1(dir: &TempDir, addr: &str, socket: &std::path::Path) -> Run {
     let run = run_pnsd(
         &[
             "--listen",
             addr,
             "--publish-socket",
-            sock.to_str().expect("utf-8"),
+            socket.to_str().expect("utf-8"),
         ],
         &dir.path,
     );
@@ -231,17 +236,7 @@ fn socket_path_that_is_not_a_socket_is_exit_1_and_untouched() {
     let dir = TempDir::new();
     let path = dir.join("regular");
     std::fs::write(&path, b"keep me").expect("write");
-    let run = run_pnsd(
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--publish-socket",
-            path.to_str().expect("utf-8"),
-        ],
-        &dir.path,
-    );
-    assert_eq!(run.code(), Some(1), "stderr {:?}", run.stderr);
-    run.one_stderr_line();
+    serve_in_expecting_exit_1(&dir, "127.0.0.1:0", &path);
     assert_eq!(std::fs::read(&path).expect("still there"), b"keep me");
 }
 
@@ -249,17 +244,7 @@ fn socket_path_that_is_not_a_socket_is_exit_1_and_untouched() {
 fn socket_in_a_missing_directory_is_exit_1() {
     let dir = TempDir::new();
     let path = dir.join("missing/pnsd.sock");
-    let run = run_pnsd(
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--publish-socket",
-            path.to_str().expect("utf-8"),
-        ],
-        &dir.path,
-    );
-    assert_eq!(run.code(), Some(1), "stderr {:?}", run.stderr);
-    run.one_stderr_line();
+    serve_in_expecting_exit_1(&dir, "127.0.0.1:0", &path);
 }
 
 #[test]

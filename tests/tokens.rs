@@ -181,6 +181,25 @@ fn expect_401(conn: &mut HttpConn, req: &str, good: &str, what: &str) -> String 
     code
 }
 
+/// `token` is refused with 401 both as `sid` and as a Bearer header, on one live connection.
+fn expect_401_both_ways(conn: &mut HttpConn, token: &str, good: &str, what: &str) {
+    expect_401(
+        conn,
+        &get_with(&target(&["a"], None, 0, Some(token)), &[]),
+        good,
+        &format!("{what} in sid"),
+    );
+    expect_401(
+        conn,
+        &get_with(
+            &target(&["a"], None, 0, None),
+            &[("Authorization", &bearer(token))],
+        ),
+        good,
+        &format!("{what} in bearer"),
+    );
+}
+
 #[test]
 fn cli_token_works_in_sid_and_in_bearer_header() {
     let (server, secret) = secret_server(b"correct horse battery staple\n", &[]);
@@ -334,21 +353,7 @@ fn missing_and_malformed_tokens_are_401_and_keep_the_connection() {
         "x".repeat(5000),
     ];
     for m in &malformed {
-        expect_401(
-            &mut conn,
-            &get_with(&target(&["a"], None, 0, Some(m)), &[]),
-            &good,
-            &format!("malformed sid {m:.60}"),
-        );
-        expect_401(
-            &mut conn,
-            &get_with(
-                &target(&["a"], None, 0, None),
-                &[("Authorization", &bearer(m))],
-            ),
-            &good,
-            &format!("malformed bearer {m:.60}"),
-        );
+        expect_401_both_ways(&mut conn, m, &good, &format!("malformed {m:.60}"));
     }
     // A signed token whose claims are unusable.
     for p in [
@@ -423,21 +428,7 @@ fn alg_none_and_other_algorithms_are_401() {
         ("no alg", &no_alg),
         ("numeric alg", &alg_num),
     ] {
-        expect_401(
-            &mut conn,
-            &get_with(&target(&["a"], None, 0, Some(t)), &[]),
-            &good,
-            &format!("{name} in sid"),
-        );
-        expect_401(
-            &mut conn,
-            &get_with(
-                &target(&["a"], None, 0, None),
-                &[("Authorization", &bearer(t))],
-            ),
-            &good,
-            &format!("{name} in bearer"),
-        );
+        expect_401_both_ways(&mut conn, t, &good, name);
     }
 }
 
