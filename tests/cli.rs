@@ -214,17 +214,7 @@ fn address_of_a_running_pnsd_is_exit_1() {
 fn live_server_on_socket_path_is_exit_1() {
     let s = Server::start(&["--threads", "1"]);
     let dir = TempDir::new();
-    let run = run_pnsd(
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--publish-socket",
-            s.socket.to_str().expect("utf-8"),
-        ],
-        &dir.path,
-    );
-    assert_eq!(run.code(), Some(1), "stderr {:?}", run.stderr);
-    run.one_stderr_line();
+    serve_in_expecting_exit_1(&dir, "127.0.0.1:0", &s.socket);
     // The first server keeps its socket.
     let mut p = s.publisher();
     let v = p.request(r#"{"op":"stats"}"#);
