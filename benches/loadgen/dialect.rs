@@ -8,6 +8,8 @@
 
 use crate::args::{Options, PublishUrl, Target};
 use crate::http::{percent_encode, Response};
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
@@ -73,11 +75,35 @@ pub fn poll_request(o: &Options, channel: &str, cursor: &Cursor, out: &mut Vec<u
     }
 }
 
+/// A pnsd/jetty poll body, read without building a JSON tree: fields the load generator does
+/// not use are skipped, and each message's `data` is borrowed as raw text.
+#[derive(Deserialize)]
+struct PollBody<'a> {
+    #[serde(default)]
+    cursor: Option<String>,
+    #[serde(default)]
+    reset: bool,
+    #[serde(borrow, default)]
+    msg: Vec<Message<'a>>,
+}
+
+#[derive(Deserialize)]
+struct Message<'a> {
+    #[serde(borrow, default)]
+    data: Option<&'a RawValue>,
+}
+
+/// The one field of a load-generator message's data; other fields are ignored.
+#[derive(Deserialize)]
+struct SeqData {
+    seq: Option<u64>,
+}
+
 /// The `seq` of one message's data (an object, or a string holding one).
-fn seq_of(data: &serde_json::Value) -> Option<u64> {
-    match data {
-        serde_json::Value::Object(m) => m.get("seq")?.as_u64(),
-        serde_json::Value::String(s) => seq_of(&serde_json::from_str(s).ok()?),
+fn seq_of(data: &str) -> Option<u64> {
+    match data.trim_start().as_bytes().first() {
+        Some(b'{') => serde_json::from_str::<SeqData>(data).ok()?.seq,
+        Some(b'"') => seq_of(&serde_json::from_str::<String>(data).ok()?),
         _ => None,
     }
 }
@@ -96,21 +122,19 @@ pub fn read_answer(
                 a.error = Some(format!("poll answered {}", resp.status));
                 return a;
             }
-            let v: serde_json::Value = match serde_json::from_slice(&resp.body) {
-                Ok(v) => v,
+            let body: PollBody = match serde_json::from_slice(&resp.body) {
+                Ok(b) => b,
                 Err(e) => {
-                    a.error = Some(format!("poll body is not JSON: {e}"));
+                    a.error = Some(format!("poll body is not a poll answer: {e}"));
                     return a;
                 }
             };
-            if let Some(c) = v.get("cursor").and_then(|c| c.as_str()) {
-                cursor.token = c.to_string();
+            if let Some(c) = body.cursor {
+                cursor.token = c;
             }
-            a.reset = v.get("reset").and_then(|r| r.as_bool()).unwrap_or(false);
-            if let Some(msgs) = v.get("msg").and_then(|m| m.as_array()) {
-                a.messages = msgs.len();
-                seqs.extend(msgs.iter().filter_map(|m| m.get("data").and_then(seq_of)));
-            }
+            a.reset = body.reset;
+            a.messages = body.msg.len();
+            seqs.extend(body.msg.iter().filter_map(|m| seq_of(m.data?.get())));
         }
         Target::Nchan => match resp.status {
             200 => {
@@ -121,8 +145,8 @@ pub fn read_answer(
                     cursor.last_modified = lm.clone();
                 }
                 a.messages = 1;
-                if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&resp.body) {
-                    seqs.extend(seq_of(&v));
+                if let Ok(text) = std::str::from_utf8(&resp.body) {
+                    seqs.extend(seq_of(text));
                 }
             }
             // nchan answers an expired long-poll with 304 (or 408 in some configurations).

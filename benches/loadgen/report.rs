@@ -40,6 +40,11 @@ pub struct Repoll {
     pub behind: u64,
     /// Answers that declared a reset (pnsd `"reset":true`).
     pub resets: u64,
+    /// Server CPU seconds over the publishing window (with `--pid`).
+    pub server_cpu_s: Option<f64>,
+    /// The load generator's own CPU seconds over the same window: near `seconds` means the
+    /// client, not the server, set the pace.
+    pub client_cpu_s: f64,
 }
 
 /// Publish ingest rate.
@@ -138,6 +143,8 @@ impl Results {
             "repoll_clients": self.repoll.as_ref().map(|r| r.clients),
             "repoll_seconds": self.repoll.as_ref().map(|r| r.seconds),
             "repoll_published": self.repoll.as_ref().map(|r| r.published),
+            "repoll_server_cpu_s": self.repoll.as_ref().and_then(|r| r.server_cpu_s),
+            "repoll_client_cpu_s": self.repoll.as_ref().map(|r| r.client_cpu_s),
             "ingest_messages": self.ingest.as_ref().map(|i| i.messages),
             "ingest_failed": self.ingest.as_ref().map(|i| i.failed),
             "kernel_slab_kb_delta": self.kernel_slab_kb,

@@ -216,12 +216,26 @@ pub fn repoll(o: &Options, res: &mut Results) -> Result<(), String> {
     let mut messages = 0u64;
     let mut request = Vec::new();
     let secs = o.repoll_seconds();
+    let server_cpu = || -> Result<Option<f64>, String> {
+        if o.pids.is_empty() {
+            Ok(None)
+        } else {
+            procfs::cpu_seconds(&o.pids).map(Some)
+        }
+    };
+    let cpu_start = (server_cpu()?, procfs::self_cpu_seconds());
+    // CPU used over the publishing window: (server, load generator), read once it ends.
+    let mut cpu_used: Option<(Option<f64>, f64)> = None;
     let start = Instant::now();
     let end = start + Duration::from_secs(secs);
     let drain_end = end + REPOLL_DRAIN;
     loop {
         let now = Instant::now();
         let publishing = now < end;
+        if !publishing && cpu_used.is_none() {
+            let server = server_cpu()?.zip(cpu_start.0).map(|(b, a)| b - a);
+            cpu_used = Some((server, procfs::self_cpu_seconds() - cpu_start.1));
+        }
         if publishing {
             if let Some(p) = crowd.reactor.publisher.as_mut() {
                 // Bounded by the window: at most REPOLL_WINDOW sends per turn.
@@ -274,7 +288,10 @@ pub fn repoll(o: &Options, res: &mut Results) -> Result<(), String> {
     }
     let (published, _failed) = publish_tally(&crowd, "repoll");
     let secs_f = secs as f64;
+    let (server_cpu_s, client_cpu_s) = cpu_used.unwrap_or((None, 0.0));
     let r = Repoll {
+        server_cpu_s,
+        client_cpu_s,
         per_s: responses as f64 / secs_f,
         msgs_per_s: messages as f64 / secs_f,
         clients: n,
@@ -299,6 +316,15 @@ pub fn repoll(o: &Options, res: &mut Results) -> Result<(), String> {
         r.disorder,
         r.resets
     );
+    if let Some(cpu) = r.server_cpu_s {
+        note!(
+            "repoll: server CPU {cpu:.2} s ({:.2} us per answer, {:.3} us per message), \
+             load generator CPU {:.2} s, over {secs} s",
+            cpu * 1e6 / responses.max(1) as f64,
+            cpu * 1e6 / messages.max(1) as f64,
+            r.client_cpu_s
+        );
+    }
     res.repoll = Some(r);
     res.reconnects += crowd.reactor.counters.reconnects;
     Ok(())
