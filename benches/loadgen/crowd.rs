@@ -176,7 +176,7 @@ impl Crowd {
                 continue;
             }
             next_check = now + CHECK_EVERY;
-            if let Some((established, unread)) = procfs::server_sockets(o.addr)? {
+            if let Some((established, unread, _)) = procfs::sockets(o.addr, procfs::End::Server)? {
                 if established < n || unread > 0 {
                     kernel_ok_since = None;
                     why = format!(

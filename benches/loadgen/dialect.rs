@@ -209,6 +209,63 @@ fn post(u: &PublishUrl, path: &[u8], data: &str, out: &mut Vec<u8>) {
     out.extend_from_slice(data.as_bytes());
 }
 
+/// Publishes `data` to `channel` over a fresh blocking connection, outside any reactor, and
+/// waits for the acknowledgement (pnsd `{"ok":true,..}`, HTTP 2xx).
+pub fn publish_blocking(o: &Options, channel: &str, data: &str) -> Result<(), String> {
+    let mut request = Vec::new();
+    publish_request(o, channel, data, &mut request);
+    match (o.target, o.publish_url.as_ref()) {
+        (Target::Pnsd, _) => {
+            let path = o.publish_socket.display();
+            let mut s = UnixStream::connect(&o.publish_socket)
+                .map_err(|e| format!("cannot connect to publish socket {path}: {e}"))?;
+            s.set_read_timeout(Some(SIDE_TIMEOUT))
+                .and_then(|_| s.write_all(&request))
+                .map_err(|e| format!("publish on {path}: {e}"))?;
+            let mut line = String::new();
+            BufReader::new(s)
+                .read_line(&mut line)
+                .map_err(|e| format!("publish ack on {path}: {e}"))?;
+            let ok = serde_json::from_str::<serde_json::Value>(&line)
+                .is_ok_and(|v| v.get("ok") == Some(&serde_json::Value::Bool(true)));
+            if ok {
+                Ok(())
+            } else {
+                Err(format!("publish refused: {}", line.trim_end()))
+            }
+        }
+        (_, Some(u)) => {
+            let mut s = TcpStream::connect_timeout(&u.addr, SIDE_TIMEOUT)
+                .map_err(|e| format!("publish: cannot connect to {}: {e}", u.addr))?;
+            s.set_read_timeout(Some(SIDE_TIMEOUT))
+                .and_then(|_| s.write_all(&request))
+                .map_err(|e| format!("publish to {}: {e}", u.addr))?;
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            loop {
+                let n = s
+                    .read(&mut chunk)
+                    .map_err(|e| format!("publish answer from {}: {e}", u.addr))?;
+                buf.extend_from_slice(&chunk[..n]);
+                match crate::http::parse_response(&buf, n == 0) {
+                    Ok(crate::http::Parsed::Complete(r, _)) if (200..300).contains(&r.status) => {
+                        return Ok(())
+                    }
+                    Ok(crate::http::Parsed::Complete(r, _)) => {
+                        return Err(format!("publish answered {}", r.status))
+                    }
+                    Ok(crate::http::Parsed::Partial) if n > 0 => {}
+                    Ok(crate::http::Parsed::Partial) => {
+                        return Err("publish: connection closed before the answer".into())
+                    }
+                    Err(e) => return Err(format!("publish answer: {e}")),
+                }
+            }
+        }
+        (_, None) => Err("--publish-url is required for this target".into()),
+    }
+}
+
 /// The server's own count of parked polls on `channels` (summed), where the dialect offers one:
 /// pnsd's `{"op":"stats"}` "parked" (all channels), nchan's channel info "subscribers".
 pub fn server_parked(o: &Options, channels: &[String]) -> Result<Option<u64>, String> {

@@ -116,12 +116,21 @@ pub fn kernel_mem() -> Result<KernelMem, String> {
     })
 }
 
-/// Server-side view of established connections to `server` from /proc/net/tcp or
-/// /proc/net/tcp6 text: (established count, how many of them hold unread request bytes).
+/// Which end of a connection to `server` a /proc/net/tcp line is read from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum End {
+    /// The server's socket (local address = `server`).
+    Server,
+    /// A client's socket (remote address = `server`).
+    Client,
+}
+
+/// One end's view of established connections to `server` from /proc/net/tcp or /proc/net/tcp6
+/// text: (established count, how many hold unread bytes, unread bytes in all).
 /// A server listening on an IPv6 socket (Java does) shows IPv4 peers as `::ffff:a.b.c.d`.
-pub fn parse_server_sockets(text: &str, server: SocketAddr) -> (usize, usize) {
+pub fn parse_sockets(text: &str, server: SocketAddr, end: End) -> (usize, usize, u64) {
     let SocketAddr::V4(v4) = server else {
-        return (0, 0);
+        return (0, 0, 0);
     };
     // The kernel prints each 32-bit word of the address as a host-order u32 in hex.
     let ip = format!("{:08X}", u32::from_ne_bytes(v4.ip().octets()));
@@ -131,34 +140,42 @@ pub fn parse_server_sockets(text: &str, server: SocketAddr) -> (usize, usize) {
     );
     let port = format!(":{:04X}", v4.port());
     let want = [ip + &port, mapped + &port];
+    let column = match end {
+        End::Server => 1,
+        End::Client => 2,
+    };
     let mut established = 0;
     let mut unread = 0;
+    let mut bytes = 0;
     for line in text.lines().skip(1) {
         let f: Vec<&str> = line.split_whitespace().take(5).collect();
-        if f.len() < 5 || f[3] != "01" || !want.iter().any(|w| w == f[1]) {
+        if f.len() < 5 || f[3] != "01" || !want.iter().any(|w| w == f[column]) {
             continue;
         }
         established += 1;
         let rx = f[4].split(':').nth(1).unwrap_or("0");
-        if u64::from_str_radix(rx, 16).unwrap_or(0) > 0 {
+        let rx = u64::from_str_radix(rx, 16).unwrap_or(0);
+        if rx > 0 {
             unread += 1;
+            bytes += rx;
         }
     }
-    (established, unread)
+    (established, unread, bytes)
 }
 
-/// `parse_server_sockets` over the live IPv4 and IPv6 tables; `None` when the server is not
-/// IPv4.
-pub fn server_sockets(server: SocketAddr) -> Result<Option<(usize, usize)>, String> {
+/// `parse_sockets` over the live IPv4 and IPv6 tables; `None` when the server is not IPv4.
+pub fn sockets(server: SocketAddr, end: End) -> Result<Option<(usize, usize, u64)>, String> {
     if !server.is_ipv4() {
         return Ok(None);
     }
-    let (mut established, mut unread) = parse_server_sockets(&read("/proc/net/tcp")?, server);
+    let (mut established, mut unread, mut bytes) =
+        parse_sockets(&read("/proc/net/tcp")?, server, end);
     // Absent when the kernel has no IPv6: then no server can listen there either.
     if let Ok(text) = fs::read_to_string("/proc/net/tcp6") {
-        let (e, u) = parse_server_sockets(&text, server);
+        let (e, u, b) = parse_sockets(&text, server, end);
         established += e;
         unread += u;
+        bytes += b;
     }
-    Ok(Some((established, unread)))
+    Ok(Some((established, unread, bytes)))
 }

@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 const DENSITY_PAUSE: Duration = Duration::from_secs(2);
 /// Deadline for one fan-out round's answers (nchan takes ~0.4 s, Jetty ~2 s for 15,000).
 const FANOUT_DEADLINE: Duration = Duration::from_secs(60);
+/// Client floor: how long the unread answers must stay unchanged before they count as whole.
+const FLOOR_STABLE: Duration = Duration::from_millis(200);
 /// Channels of the re-poll scenario (the "spread over 10 channels").
 const REPOLL_CHANNELS: usize = 10;
 /// Unacknowledged publishes during re-poll (the "keep up to 64 unacked").
@@ -179,8 +181,11 @@ pub fn fanout(o: &Options, crowd: &mut Crowd, res: &mut Results) -> Result<(), S
         );
         crowd.poll_all(o)?;
     }
+    let floor = client_floor(o, crowd, &channel, o.rounds as u64)?;
     latencies.sort_by(f64::total_cmp);
     res.fanout = Some(Fanout {
+        client_floor_ms: floor.map(|f| f.0),
+        client_floor_cpu_ms: floor.map(|f| f.1),
         p50: percentile(&latencies, 0.5),
         p99: percentile(&latencies, 0.99),
         max: percentile(&latencies, 1.0),
@@ -191,6 +196,62 @@ pub fn fanout(o: &Options, crowd: &mut Crowd, res: &mut Results) -> Result<(), S
     });
     res.reconnects += crowd.reactor.counters.reconnects;
     Ok(())
+}
+
+/// The client floor of fan-out: one more publish, its answers left unread until every one sits
+/// whole in the crowd's sockets (every client socket holds unread bytes and their total stays
+/// unchanged for `FLOOR_STABLE`), then read as fast as this load generator can. The time to
+/// read them (ms) and the CPU it took (ms) bound from below what any server's fan-out can
+/// show with this client on this machine. `None` when the server is not on IPv4 (no
+/// /proc/net/tcp view).
+fn client_floor(
+    o: &Options,
+    crowd: &mut Crowd,
+    channel: &str,
+    seq: u64,
+) -> Result<Option<(f64, f64)>, String> {
+    if !o.addr.is_ipv4() {
+        return Ok(None);
+    }
+    let n = crowd.reactor.len();
+    crowd.settle(o, "fanout floor")?;
+    dialect::publish_blocking(o, channel, &format!("{{\"seq\":{seq},\"fanout\":true}}"))
+        .map_err(|e| format!("fanout floor: {e}"))?;
+    let deadline = Instant::now() + FANOUT_DEADLINE;
+    let mut last: Option<u64> = None;
+    loop {
+        let Some((_, unread, bytes)) = procfs::sockets(o.addr, procfs::End::Client)? else {
+            return Ok(None);
+        };
+        if unread == n && last == Some(bytes) {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "fanout floor: {unread} of {n} answers waiting after {} s",
+                FANOUT_DEADLINE.as_secs()
+            ));
+        }
+        last = (unread == n).then_some(bytes);
+        std::thread::sleep(FLOOR_STABLE);
+    }
+    let cpu0 = procfs::self_cpu_seconds();
+    let t0 = Instant::now();
+    let mut answers = 0;
+    while answers < n {
+        if Instant::now() > deadline {
+            return Err(format!(
+                "fanout floor: read {answers} of {n} queued answers"
+            ));
+        }
+        crowd.turn(TICK)?;
+        answers += crowd.done.len();
+        crowd.done.clear();
+    }
+    let ms = t0.elapsed().as_secs_f64() * 1000.0;
+    let cpu = (procfs::self_cpu_seconds() - cpu0) * 1000.0;
+    note!("fanout floor: {n} queued answers read in {ms:.1} ms (load generator CPU {cpu:.0} ms)");
+    Ok(Some((ms, cpu)))
 }
 
 /// Re-poll: clients re-poll at once while one publisher streams round-robin to 10 channels.

@@ -162,12 +162,15 @@ mod procfs_tests {
    0: 0100007F:1F90 00000000:0000 0A 00000000:00000000\n\
    1: 0100007F:1F90 0200007F:9C40 01 00000000:00000000\n\
    2: 0100007F:1F90 0300007F:9C40 01 00000000:0000004A\n\
-   3: 0200007F:9C40 0100007F:1F90 01 00000000:00000000\n";
-        assert_eq!(parse_server_sockets(text, server), (2, 1));
+   3: 0200007F:9C40 0100007F:1F90 01 00000000:00000000\n\
+   4: 0300007F:9C40 0100007F:1F90 01 00000000:00000100\n";
+        assert_eq!(parse_sockets(text, server, End::Server), (2, 1, 0x4A));
+        assert_eq!(parse_sockets(text, server, End::Client), (2, 1, 0x100));
         let text6 = "  sl  local_address                         remote_address                        st tx_queue rx_queue\n\
    0: 0000000000000000FFFF00000100007F:1F90 0000000000000000FFFF00000200007F:9C40 01 00000000:00000000\n\
    1: 0000000000000000FFFF00000200007F:9C40 0000000000000000FFFF00000100007F:1F90 01 00000000:00000000\n";
-        assert_eq!(parse_server_sockets(text6, server), (1, 0));
+        assert_eq!(parse_sockets(text6, server, End::Server), (1, 0, 0));
+        assert_eq!(parse_sockets(text6, server, End::Client), (1, 0, 0));
     }
 }
 
