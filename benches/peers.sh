@@ -295,15 +295,15 @@ fig() {
     echo "${v:-n/a}"
 }
 {
-    echo "| server | parked | userland B/parked poll | fan-out p50 ms | p99 ms | max ms | client floor ms | re-poll resp/s | re-poll msg/s | server CPU us/resp | ingest msg/s | idle CPU s |"
-    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    echo "| server | parked | userland B/parked poll | fan-out p50 ms | p99 ms | max ms | client floor ms | server CPU ms/fan-out | re-poll resp/s | re-poll msg/s | server CPU us/resp | ingest msg/s | idle CPU s |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     for s in "${ran[@]}"; do
         f="$out/$s.json"
-        if [ ! -s "$f" ]; then echo "| $s | failed, see $out/$s.txt and $run/$s | | | | | | | | | | |"; continue; fi
+        if [ ! -s "$f" ]; then echo "| $s | failed, see $out/$s.txt and $run/$s | | | | | | | | | | | |"; continue; fi
         r2='if . == null then null else (. * 100 | round / 100) end'
         echo "| $s | $(fig "$f" .conns) | $(fig "$f" ".bytes_per_parked | if . == null then null else round end")" \
              "| $(fig "$f" ".fanout_ms.p50 | $r2") | $(fig "$f" ".fanout_ms.p99 | $r2") | $(fig "$f" ".fanout_ms.max | $r2")" \
-             "| $(fig "$f" ".fanout_ms.client_floor | $r2")" \
+             "| $(fig "$f" ".fanout_ms.client_floor | $r2") | $(fig "$f" ".fanout_ms.server_cpu_ms | if . == null then null else round end")" \
              "| $(fig "$f" ".repoll_per_s | if . == null then null else round end")" \
              "| $(fig "$f" ".repoll_msgs_per_s | if . == null then null else round end")" \
              "| $(fig "$f" "if .repoll_server_cpu_s == null or .repoll_per_s == null then null else (.repoll_server_cpu_s * 1e6 / (.repoll_per_s * .repoll_seconds) * 100 | round / 100) end")" \

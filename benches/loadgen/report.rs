@@ -18,6 +18,8 @@ pub struct Fanout {
     /// The load generator's own CPU time per round (publish to last answer), ms: when close to
     /// the round's duration, the client and not the server set the pace.
     pub client_cpu_ms: f64,
+    /// The server's CPU time per round (with `--pid`), ms; /proc counts in 10 ms ticks.
+    pub server_cpu_ms: Option<f64>,
     /// Time for this load generator to read one round's answers already queued whole in its
     /// sockets: no server's fan-out can look faster here.
     pub client_floor_ms: Option<f64>,
@@ -133,7 +135,7 @@ impl Results {
             "fanout_ms": self.fanout.as_ref().map(|f| json!({
                 "p50": f.p50, "p99": f.p99, "max": f.max, "rounds": f.rounds,
                 "samples": f.samples, "missing": f.missing, "client_cpu_ms": f.client_cpu_ms,
-                "client_floor": f.client_floor_ms, "client_floor_cpu_ms": f.client_floor_cpu_ms,
+                "server_cpu_ms": f.server_cpu_ms, "client_floor": f.client_floor_ms, "client_floor_cpu_ms": f.client_floor_cpu_ms,
             })),
             "repoll_per_s": self.repoll.as_ref().map(|r| r.per_s),
             "repoll_msgs_per_s": self.repoll.as_ref().map(|r| r.msgs_per_s),

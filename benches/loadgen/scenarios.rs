@@ -98,6 +98,15 @@ pub fn idle(o: &Options, crowd: &mut Crowd, res: &mut Results) -> Result<(), Str
     Ok(())
 }
 
+/// The server's CPU seconds so far, when `--pid` names it.
+fn server_cpu(o: &Options) -> Result<Option<f64>, String> {
+    if o.pids.is_empty() {
+        Ok(None)
+    } else {
+        procfs::cpu_seconds(&o.pids).map(Some)
+    }
+}
+
 /// Fan-out: per round, one publish to the crowd's channel, latency to each full answer.
 pub fn fanout(o: &Options, crowd: &mut Crowd, res: &mut Results) -> Result<(), String> {
     let n = crowd.reactor.len();
@@ -110,6 +119,7 @@ pub fn fanout(o: &Options, crowd: &mut Crowd, res: &mut Results) -> Result<(), S
     let mut request = Vec::new();
     let mut answers: Vec<Completion> = Vec::with_capacity(n);
     let mut client_cpu = 0.0;
+    let mut server_cpu_total = Some(0.0);
     for round in 0..o.rounds {
         crowd.settle(o, &format!("fanout round {}", round + 1))?;
         received.iter_mut().for_each(|r| *r = false);
@@ -122,6 +132,7 @@ pub fn fanout(o: &Options, crowd: &mut Crowd, res: &mut Results) -> Result<(), S
             &mut request,
         );
         let cpu0 = procfs::self_cpu_seconds();
+        let server0 = server_cpu(o)?;
         let t0 = Instant::now();
         if let Some(p) = crowd.reactor.publisher.as_mut() {
             p.send(0, std::mem::take(&mut request));
@@ -162,6 +173,8 @@ pub fn fanout(o: &Options, crowd: &mut Crowd, res: &mut Results) -> Result<(), S
         }
         let cpu = procfs::self_cpu_seconds() - cpu0;
         client_cpu += cpu;
+        let server = server_cpu(o)?.zip(server0).map(|(b, a)| b - a);
+        server_cpu_total = server_cpu_total.zip(server).map(|(t, s)| t + s);
         // Bodies are read after the round so that parsing never delays the next answer.
         for c in answers.drain(..) {
             latencies.push((c.at - t0).as_secs_f64() * 1000.0);
@@ -173,11 +186,13 @@ pub fn fanout(o: &Options, crowd: &mut Crowd, res: &mut Results) -> Result<(), S
         let this = &mut latencies[round * n..];
         this.sort_by(f64::total_cmp);
         note!(
-            "fanout round {}: {n} answers, p50 {:.1} ms, max {:.1} ms (load generator CPU {:.0} ms)",
+            "fanout round {}: {n} answers, p50 {:.1} ms, max {:.1} ms (CPU: load generator {:.0} ms, \
+             server {})",
             round + 1,
             percentile(this, 0.5),
             percentile(this, 1.0),
-            cpu * 1000.0
+            cpu * 1000.0,
+            server.map_or("?".to_string(), |s| format!("{:.0} ms", s * 1000.0))
         );
         crowd.poll_all(o)?;
     }
@@ -193,6 +208,7 @@ pub fn fanout(o: &Options, crowd: &mut Crowd, res: &mut Results) -> Result<(), S
         samples: latencies.len(),
         missing,
         client_cpu_ms: client_cpu * 1000.0 / o.rounds as f64,
+        server_cpu_ms: server_cpu_total.map(|t| t * 1000.0 / o.rounds as f64),
     });
     res.reconnects += crowd.reactor.counters.reconnects;
     Ok(())
@@ -277,14 +293,7 @@ pub fn repoll(o: &Options, res: &mut Results) -> Result<(), String> {
     let mut messages = 0u64;
     let mut request = Vec::new();
     let secs = o.repoll_seconds();
-    let server_cpu = || -> Result<Option<f64>, String> {
-        if o.pids.is_empty() {
-            Ok(None)
-        } else {
-            procfs::cpu_seconds(&o.pids).map(Some)
-        }
-    };
-    let cpu_start = (server_cpu()?, procfs::self_cpu_seconds());
+    let cpu_start = (server_cpu(o)?, procfs::self_cpu_seconds());
     // CPU used over the publishing window: (server, load generator), read once it ends.
     let mut cpu_used: Option<(Option<f64>, f64)> = None;
     let start = Instant::now();
@@ -294,7 +303,7 @@ pub fn repoll(o: &Options, res: &mut Results) -> Result<(), String> {
         let now = Instant::now();
         let publishing = now < end;
         if !publishing && cpu_used.is_none() {
-            let server = server_cpu()?.zip(cpu_start.0).map(|(b, a)| b - a);
+            let server = server_cpu(o)?.zip(cpu_start.0).map(|(b, a)| b - a);
             cpu_used = Some((server, procfs::self_cpu_seconds() - cpu_start.1));
         }
         if publishing {
