@@ -19,6 +19,11 @@ const DEFAULT_REPOLL_CLIENTS: usize = 1_000;
 const DEFAULT_REPOLL_SECONDS: u64 = 10;
 /// Idle-CPU window in seconds when `--seconds` is not given ("CPU seconds over 60 s").
 const DEFAULT_IDLE_SECONDS: u64 = 60;
+/// Client event loops for re-poll when `--client-threads` is not given: one per core, so the
+/// load generator can use what the server leaves (one thread was the bottleneck against pnsd).
+fn default_client_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
 /// Messages for ingest: long enough (about a second at 100k/s) to amortise start-up.
 const DEFAULT_MESSAGES: u64 = 100_000;
 
@@ -27,7 +32,7 @@ pub const USAGE: &str =
     "loadgen: usage: cargo bench --bench loadgen -- [--target pnsd|nchan|jetty] \
 [--addr HOST:PORT] [--publish-socket PATH] [--publish-url URL] [--pid PID]... \
 [--scenario density|fanout|repoll|ingest|idle|all] [--conns N] [--rounds N] [--repoll-clients N] \
-[--seconds N] [--messages N] [--json PATH] [--label NAME] (see benches/loadgen/README.md)";
+[--client-threads N] [--seconds N] [--messages N] [--json PATH] [--label NAME] (see benches/loadgen/README.md)";
 
 /// Which server dialect to speak.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,6 +84,8 @@ pub struct Options {
     pub conns: usize,
     pub rounds: usize,
     pub repoll_clients: usize,
+    /// Event-loop threads the re-poll clients are spread over.
+    pub client_threads: usize,
     pub seconds: Option<u64>,
     pub messages: u64,
     pub json: Option<PathBuf>,
@@ -164,6 +171,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
     let mut conns = DEFAULT_CONNS;
     let mut rounds = DEFAULT_ROUNDS;
     let mut repoll_clients = DEFAULT_REPOLL_CLIENTS;
+    let mut client_threads = default_client_threads();
     let mut seconds = None;
     let mut messages = DEFAULT_MESSAGES;
     let mut json = None;
@@ -209,6 +217,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
             "--conns" => conns = positive(name, value)?,
             "--rounds" => rounds = positive(name, value)?,
             "--repoll-clients" => repoll_clients = positive(name, value)?,
+            "--client-threads" => client_threads = positive(name, value)?,
             "--seconds" => seconds = Some(positive(name, value)? as u64),
             "--messages" => messages = positive(name, value)? as u64,
             "--json" => json = Some(PathBuf::from(value)),
@@ -234,6 +243,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
         conns,
         rounds,
         repoll_clients,
+        client_threads,
         seconds,
         messages,
         json,

@@ -33,6 +33,8 @@ pub struct Repoll {
     pub per_s: f64,
     pub msgs_per_s: f64,
     pub clients: usize,
+    /// Load-generator event loops the clients were spread over.
+    pub client_threads: usize,
     pub seconds: f64,
     pub published: u64,
     /// `gaps + disorder + behind`: should be 0.
@@ -149,6 +151,7 @@ impl Results {
             "repoll_disorder": self.repoll.as_ref().map(|r| r.disorder),
             "repoll_behind": self.repoll.as_ref().map(|r| r.behind),
             "repoll_clients": self.repoll.as_ref().map(|r| r.clients),
+            "repoll_client_threads": self.repoll.as_ref().map(|r| r.client_threads),
             "repoll_seconds": self.repoll.as_ref().map(|r| r.seconds),
             "repoll_published": self.repoll.as_ref().map(|r| r.published),
             "repoll_server_cpu_s": self.repoll.as_ref().and_then(|r| r.server_cpu_s),

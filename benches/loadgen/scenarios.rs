@@ -11,6 +11,8 @@ use crate::order::OrderCheck;
 use crate::procfs;
 use crate::reactor::Completion;
 use crate::report::{percentile, Fanout, Ingest, Repoll, Results};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Barrier, Mutex};
 use std::time::{Duration, Instant};
 
 /// Pause after parking before the second PSS reading (the issue's method).
@@ -23,6 +25,13 @@ const FLOOR_STABLE: Duration = Duration::from_millis(200);
 const REPOLL_CHANNELS: usize = 10;
 /// Unacknowledged publishes during re-poll (the issue's "keep up to 64 unacked").
 const REPOLL_WINDOW: u64 = 64;
+/// Re-poll flow control: the publisher stays at most this many messages ahead of the slowest
+/// subscriber of a channel, half the 64-message buffer both pnsd and nchan keep here, so no
+/// server is pushed into dropping messages and what is measured is a loss-free stream.
+const REPOLL_LAG: u64 = 32;
+/// Publisher's turn length while flow control holds it back: short, because the subscribers it
+/// waits for may be on another thread and their progress wakes nothing here.
+const REPOLL_BLOCKED_TICK: Duration = Duration::from_micros(200);
 /// After the re-poll window: time for every client to catch up with its channel's last message.
 const REPOLL_DRAIN: Duration = Duration::from_secs(20);
 /// Unacknowledged publish lines during ingest over pnsd's Unix socket (the issue's window).
@@ -270,101 +279,90 @@ fn client_floor(
     Ok(Some((ms, cpu)))
 }
 
-/// Re-poll: clients re-poll at once while one publisher streams round-robin to 10 channels.
+/// What the re-poll threads share: a start line, a failure flag and, once publishing has
+/// stopped, each channel's next seq (what every client must have caught up with).
+struct RepollSync {
+    barrier: Barrier,
+    /// Per thread and channel: the lowest next-expected seq among the thread's clients.
+    progress: Vec<[AtomicU64; REPOLL_CHANNELS]>,
+    failed: AtomicBool,
+    final_seq: Mutex<Option<[u64; REPOLL_CHANNELS]>>,
+}
+
+/// What one re-poll thread counted.
+struct RepollPart {
+    reconnects: u64,
+    responses: u64,
+    messages: u64,
+    order: OrderCheck,
+    behind: u64,
+    published: u64,
+    /// Thread 0 only: (server CPU, load generator CPU) over the publishing window.
+    cpu: Option<(Option<f64>, f64)>,
+}
+
+/// Re-poll: `--repoll-clients` clients, spread over `--client-threads` event loops, re-poll at
+/// once while thread 0 also publishes round-robin to 10 channels, never more than `REPOLL_LAG`
+/// messages ahead of a channel's slowest subscriber; every client's order is checked.
 pub fn repoll(o: &Options, res: &mut Results) -> Result<(), String> {
     let n = o.repoll_clients;
+    let threads = o.client_threads.clamp(1, n);
     let channels: Vec<String> = (0..REPOLL_CHANNELS)
         .map(|k| channel_name(&format!("repoll{k}")))
         .collect();
-    let mut crowd = Crowd::new(o, n, channels.clone())?;
-    let depth = match o.target {
-        Target::Pnsd => REPOLL_WINDOW as usize,
-        // One HTTP connection per channel keeps each channel's publishes in order.
-        _ => (REPOLL_WINDOW as usize).div_ceil(REPOLL_CHANNELS),
+    let sync = RepollSync {
+        barrier: Barrier::new(threads),
+        progress: (0..threads)
+            .map(|_| std::array::from_fn(|_| AtomicU64::new(0)))
+            .collect(),
+        failed: AtomicBool::new(false),
+        final_seq: Mutex::new(None),
     };
-    crowd.reactor.publisher = Some(make_publisher(o, &crowd.reactor, REPOLL_CHANNELS, depth)?);
-    crowd.poll_all(o)?;
-    crowd.settle(o, "repoll")?;
-    let mut order = OrderCheck::new(n);
-    let mut behind = 0;
-    let mut next_seq = [0u64; REPOLL_CHANNELS];
-    let mut k = 0usize;
-    let mut responses = 0u64;
-    let mut messages = 0u64;
-    let mut request = Vec::new();
-    let secs = o.repoll_seconds();
-    let cpu_start = (server_cpu(o)?, procfs::self_cpu_seconds());
-    // CPU used over the publishing window: (server, load generator), read once it ends.
-    let mut cpu_used: Option<(Option<f64>, f64)> = None;
-    let start = Instant::now();
-    let end = start + Duration::from_secs(secs);
-    let drain_end = end + REPOLL_DRAIN;
-    loop {
-        let now = Instant::now();
-        let publishing = now < end;
-        if !publishing && cpu_used.is_none() {
-            let server = server_cpu(o)?.zip(cpu_start.0).map(|(b, a)| b - a);
-            cpu_used = Some((server, procfs::self_cpu_seconds() - cpu_start.1));
-        }
-        if publishing {
-            if let Some(p) = crowd.reactor.publisher.as_mut() {
-                // Bounded by the window: at most REPOLL_WINDOW sends per turn.
-                while p.outstanding() < REPOLL_WINDOW {
-                    let ch = k % REPOLL_CHANNELS;
-                    request.clear();
-                    let data = format!("{{\"seq\":{}}}", next_seq[ch]);
-                    dialect::publish_request(o, &channels[ch], &data, &mut request);
-                    p.send(ch, std::mem::take(&mut request));
-                    next_seq[ch] += 1;
-                    k += 1;
-                }
-            }
-        } else {
-            let outstanding = crowd
-                .reactor
-                .publisher
-                .as_ref()
-                .map_or(0, |p| p.outstanding());
-            let caught_up = (0..n).all(|i| order.expected[i] == next_seq[i % REPOLL_CHANNELS]);
-            if outstanding == 0 && caught_up {
-                break;
-            }
-            if now > drain_end {
-                behind = (0..n)
-                    .filter(|&i| order.expected[i] != next_seq[i % REPOLL_CHANNELS])
-                    .count() as u64;
-                note!("repoll: {behind} clients never saw their channel's last message");
-                break;
-            }
-        }
-        let timeout = if publishing {
-            (end - now).min(TICK)
-        } else {
-            TICK
-        };
-        crowd.turn(timeout)?;
-        let done = std::mem::take(&mut crowd.done);
-        for c in &done {
-            let a = crowd.read(o, c);
-            if c.at <= end {
-                responses += 1;
-                messages += a.messages as u64;
-            }
-            order.check(c.client, a.reset, &crowd.seqs);
-            crowd.poll(o, c.client)?;
-        }
-        crowd.done = done;
-        crowd.done.clear();
+    let parts: Vec<Result<RepollPart, String>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let size = n / threads + usize::from(t < n % threads);
+                let (channels, sync) = (&channels, &sync);
+                scope.spawn(move || repoll_part(o, t, size, n, channels, sync))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err("repoll: a client thread panicked".into()))
+            })
+            .collect()
+    });
+    let mut order = OrderCheck::new(0);
+    let (mut responses, mut messages, mut behind, mut published) = (0, 0, 0, 0);
+    let mut cpu = None;
+    for part in parts {
+        let p = part?;
+        res.reconnects += p.reconnects;
+        responses += p.responses;
+        messages += p.messages;
+        behind += p.behind;
+        published += p.published;
+        order.gaps += p.order.gaps;
+        order.skipped += p.order.skipped;
+        order.disorder += p.order.disorder;
+        order.resets += p.order.resets;
+        cpu = cpu.or(p.cpu);
     }
-    let (published, _failed) = publish_tally(&crowd, "repoll");
+    if behind > 0 {
+        note!("repoll: {behind} clients never saw their channel's last message");
+    }
+    let secs = o.repoll_seconds();
     let secs_f = secs as f64;
-    let (server_cpu_s, client_cpu_s) = cpu_used.unwrap_or((None, 0.0));
+    let (server_cpu_s, client_cpu_s) = cpu.unwrap_or((None, 0.0));
     let r = Repoll {
         server_cpu_s,
         client_cpu_s,
         per_s: responses as f64 / secs_f,
         msgs_per_s: messages as f64 / secs_f,
         clients: n,
+        client_threads: threads,
         seconds: secs_f,
         published,
         violations: order.gaps + order.disorder + behind,
@@ -389,15 +387,171 @@ pub fn repoll(o: &Options, res: &mut Results) -> Result<(), String> {
     if let Some(cpu) = r.server_cpu_s {
         note!(
             "repoll: server CPU {cpu:.2} s ({:.2} us per answer, {:.3} us per message), \
-             load generator CPU {:.2} s, over {secs} s",
+             load generator CPU {:.2} s ({threads} threads), over {secs} s",
             cpu * 1e6 / responses.max(1) as f64,
             cpu * 1e6 / messages.max(1) as f64,
             r.client_cpu_s
         );
     }
     res.repoll = Some(r);
-    res.reconnects += crowd.reactor.counters.reconnects;
     Ok(())
+}
+
+/// One re-poll thread: `size` of the `total` clients; thread 0 also publishes and reads the CPU
+/// figures. Every thread parks its clients, then all start together (`sync.barrier`).
+fn repoll_part(
+    o: &Options,
+    t: usize,
+    size: usize,
+    total: usize,
+    channels: &[String],
+    sync: &RepollSync,
+) -> Result<RepollPart, String> {
+    let setup = (|| -> Result<Crowd, String> {
+        let mut crowd = Crowd::new(o, size, channels.to_vec())?;
+        crowd.expect_parked = total;
+        if t == 0 {
+            let depth = match o.target {
+                Target::Pnsd => REPOLL_WINDOW as usize,
+                // One HTTP connection per channel keeps each channel's publishes in order.
+                _ => (REPOLL_WINDOW as usize).div_ceil(REPOLL_CHANNELS),
+            };
+            crowd.reactor.publisher =
+                Some(make_publisher(o, &crowd.reactor, REPOLL_CHANNELS, depth)?);
+        }
+        crowd.poll_all(o)?;
+        crowd.settle(o, &format!("repoll thread {t}"))?;
+        Ok(crowd)
+    })();
+    if setup.is_err() {
+        sync.failed.store(true, Ordering::SeqCst);
+    }
+    sync.barrier.wait();
+    let mut crowd = setup?;
+    if sync.failed.load(Ordering::SeqCst) {
+        return Err(format!("repoll thread {t}: another thread failed to start"));
+    }
+    let n = size;
+    let mut order = OrderCheck::new(n);
+    let mut next_seq = [0u64; REPOLL_CHANNELS];
+    let mut final_seq: Option<[u64; REPOLL_CHANNELS]> = None;
+    let mut k = 0usize;
+    let mut responses = 0u64;
+    let mut messages = 0u64;
+    let mut behind = 0;
+    let mut request = Vec::new();
+    let secs = o.repoll_seconds();
+    let cpu_start = if t == 0 {
+        Some((server_cpu(o)?, procfs::self_cpu_seconds()))
+    } else {
+        None
+    };
+    let mut cpu_used: Option<(Option<f64>, f64)> = None;
+    let start = Instant::now();
+    let end = start + Duration::from_secs(secs);
+    let drain_end = end + REPOLL_DRAIN;
+    let lock =
+        |m: &Mutex<Option<[u64; REPOLL_CHANNELS]>>| *m.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let now = Instant::now();
+        let in_window = now < end;
+        let mut held_back = false;
+        if in_window {
+            if let Some(p) = crowd.reactor.publisher.as_mut() {
+                // Bounded by the window: at most REPOLL_WINDOW sends per turn.
+                while p.outstanding() < REPOLL_WINDOW {
+                    let ch = k % REPOLL_CHANNELS;
+                    let slowest = sync
+                        .progress
+                        .iter()
+                        .map(|t| t[ch].load(Ordering::Acquire))
+                        .min()
+                        .unwrap_or(0);
+                    if next_seq[ch] >= slowest + REPOLL_LAG {
+                        held_back = true;
+                        break;
+                    }
+                    request.clear();
+                    let data = format!("{{\"seq\":{}}}", next_seq[ch]);
+                    dialect::publish_request(o, &channels[ch], &data, &mut request);
+                    p.send(ch, std::mem::take(&mut request));
+                    next_seq[ch] += 1;
+                    k += 1;
+                }
+            }
+        } else {
+            if let (Some((s0, c0)), None) = (cpu_start, cpu_used) {
+                let server = server_cpu(o)?.zip(s0).map(|(b, a)| b - a);
+                cpu_used = Some((server, procfs::self_cpu_seconds() - c0));
+            }
+            if t == 0 && final_seq.is_none() {
+                *sync.final_seq.lock().unwrap_or_else(|e| e.into_inner()) = Some(next_seq);
+            }
+            if final_seq.is_none() {
+                final_seq = lock(&sync.final_seq);
+            }
+            let outstanding = crowd
+                .reactor
+                .publisher
+                .as_ref()
+                .map_or(0, |p| p.outstanding());
+            if let Some(last) = final_seq {
+                let caught_up = (0..n).all(|i| order.expected[i] == last[i % REPOLL_CHANNELS]);
+                if outstanding == 0 && caught_up {
+                    break;
+                }
+                if now > drain_end {
+                    behind = (0..n)
+                        .filter(|&i| order.expected[i] != last[i % REPOLL_CHANNELS])
+                        .count() as u64;
+                    break;
+                }
+            } else if now > drain_end {
+                return Err(format!("repoll thread {t}: publishing never ended"));
+            }
+        }
+        let timeout = match (in_window, held_back) {
+            (true, true) => (end - now).min(REPOLL_BLOCKED_TICK),
+            (true, false) => (end - now).min(TICK),
+            (false, _) => TICK,
+        };
+        crowd.turn(timeout)?;
+        let done = std::mem::take(&mut crowd.done);
+        for c in &done {
+            let a = crowd.read(o, c);
+            if c.at <= end {
+                responses += 1;
+                messages += a.messages as u64;
+            }
+            order.check(c.client, a.reset, &crowd.seqs);
+            crowd.poll(o, c.client)?;
+        }
+        if !done.is_empty() {
+            for (ch, slot) in sync.progress[t].iter().enumerate() {
+                let slowest = (ch..n)
+                    .step_by(REPOLL_CHANNELS)
+                    .map(|i| order.expected[i])
+                    .min();
+                slot.store(slowest.unwrap_or(u64::MAX), Ordering::Release);
+            }
+        }
+        crowd.done = done;
+        crowd.done.clear();
+    }
+    let published = if t == 0 {
+        publish_tally(&crowd, "repoll").0
+    } else {
+        0
+    };
+    Ok(RepollPart {
+        reconnects: crowd.reactor.counters.reconnects,
+        responses,
+        messages,
+        order,
+        behind,
+        published,
+        cpu: cpu_used,
+    })
 }
 
 /// Ingest: `--messages` publishes as fast as the window allows.

@@ -53,11 +53,17 @@ mod args_tests {
         assert_eq!(o.conns, 10);
         assert_eq!(o.label, "nchan");
         assert_eq!(o.publish_url.map(|u| u.path), Some("/pub".to_string()));
+        assert!(o.client_threads >= 1);
+        let Ok(Command::Run(o)) = parse(&argv("--client-threads 3")) else {
+            panic!("did not parse")
+        };
+        assert_eq!(o.client_threads, 3);
     }
 
     #[test]
     fn bad_lines_are_errors() {
         assert!(parse(&argv("--conns 0")).is_err());
+        assert!(parse(&argv("--client-threads 0")).is_err());
         assert!(parse(&argv("--target nchan")).is_err());
         assert!(parse(&argv("--frobnicate 1")).is_err());
         assert!(parse(&argv("--conns")).is_err());
