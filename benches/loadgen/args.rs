@@ -24,6 +24,10 @@ const DEFAULT_IDLE_SECONDS: u64 = 60;
 fn default_client_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
+/// Re-poll flow control: the publisher stays at most this many messages ahead of a channel's
+/// slowest subscriber, half the 64-message buffer both pnsd and nchan keep in `peers.sh`, so no
+/// server is pushed into dropping messages. 0 turns the hold off.
+const DEFAULT_REPOLL_LAG: u64 = 32;
 /// Messages for ingest: long enough (about a second at 100k/s) to amortise start-up.
 const DEFAULT_MESSAGES: u64 = 100_000;
 
@@ -32,7 +36,7 @@ pub const USAGE: &str =
     "loadgen: usage: cargo bench --bench loadgen -- [--target pnsd|nchan|jetty] \
 [--addr HOST:PORT] [--publish-socket PATH] [--publish-url URL] [--pid PID]... \
 [--scenario density|fanout|repoll|ingest|idle|all] [--conns N] [--rounds N] [--repoll-clients N] \
-[--client-threads N] [--seconds N] [--messages N] [--json PATH] [--label NAME] (see benches/loadgen/README.md)";
+[--client-threads N] [--repoll-lag N] [--seconds N] [--messages N] [--json PATH] [--label NAME] (see benches/loadgen/README.md)";
 
 /// Which server dialect to speak.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,6 +90,8 @@ pub struct Options {
     pub repoll_clients: usize,
     /// Event-loop threads the re-poll clients are spread over.
     pub client_threads: usize,
+    /// How far the re-poll publisher may run ahead of a channel's slowest subscriber; 0: no limit.
+    pub repoll_lag: u64,
     pub seconds: Option<u64>,
     pub messages: u64,
     pub json: Option<PathBuf>,
@@ -172,6 +178,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
     let mut rounds = DEFAULT_ROUNDS;
     let mut repoll_clients = DEFAULT_REPOLL_CLIENTS;
     let mut client_threads = default_client_threads();
+    let mut repoll_lag = DEFAULT_REPOLL_LAG;
     let mut seconds = None;
     let mut messages = DEFAULT_MESSAGES;
     let mut json = None;
@@ -218,6 +225,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
             "--rounds" => rounds = positive(name, value)?,
             "--repoll-clients" => repoll_clients = positive(name, value)?,
             "--client-threads" => client_threads = positive(name, value)?,
+            "--repoll-lag" => repoll_lag = number(name, value)?,
             "--seconds" => seconds = Some(positive(name, value)? as u64),
             "--messages" => messages = positive(name, value)? as u64,
             "--json" => json = Some(PathBuf::from(value)),
@@ -244,6 +252,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
         rounds,
         repoll_clients,
         client_threads,
+        repoll_lag,
         seconds,
         messages,
         json,

@@ -25,10 +25,6 @@ const FLOOR_STABLE: Duration = Duration::from_millis(200);
 const REPOLL_CHANNELS: usize = 10;
 /// Unacknowledged publishes during re-poll (the "keep up to 64 unacked").
 const REPOLL_WINDOW: u64 = 64;
-/// Re-poll flow control: the publisher stays at most this many messages ahead of the slowest
-/// subscriber of a channel, half the 64-message buffer both pnsd and nchan keep here, so no
-/// server is pushed into dropping messages and what is measured is a loss-free stream.
-const REPOLL_LAG: u64 = 32;
 /// Publisher's turn length while flow control holds it back: short, because the subscribers it
 /// waits for may be on another thread and their progress wakes nothing here.
 const REPOLL_BLOCKED_TICK: Duration = Duration::from_micros(200);
@@ -302,7 +298,7 @@ struct RepollPart {
 }
 
 /// Re-poll: `--repoll-clients` clients, spread over `--client-threads` event loops, re-poll at
-/// once while thread 0 also publishes round-robin to 10 channels, never more than `REPOLL_LAG`
+/// once while thread 0 also publishes round-robin to 10 channels, never more than `--repoll-lag`
 /// messages ahead of a channel's slowest subscriber; every client's order is checked.
 pub fn repoll(o: &Options, res: &mut Results) -> Result<(), String> {
     let n = o.repoll_clients;
@@ -467,7 +463,7 @@ fn repoll_part(
                         .map(|t| t[ch].load(Ordering::Acquire))
                         .min()
                         .unwrap_or(0);
-                    if next_seq[ch] >= slowest + REPOLL_LAG {
+                    if o.repoll_lag > 0 && next_seq[ch] >= slowest.saturating_add(o.repoll_lag) {
                         held_back = true;
                         break;
                     }

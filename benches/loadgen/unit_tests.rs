@@ -58,6 +58,11 @@ mod args_tests {
             panic!("did not parse")
         };
         assert_eq!(o.client_threads, 3);
+        assert_eq!(o.repoll_lag, 32);
+        let Ok(Command::Run(o)) = parse(&argv("--repoll-lag 0")) else {
+            panic!("did not parse")
+        };
+        assert_eq!(o.repoll_lag, 0);
     }
 
     #[test]
