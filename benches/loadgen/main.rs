@@ -1,7 +1,9 @@
 //! pnsd's load generator (issue 4): density, fan-out, re-poll, ingest and idle CPU against
 //! pnsd, nginx+nchan or a Jetty long-poll server. The command line is in `README.md` beside this file.
 //!
-//! Invariants: one thread and one mio `Poll` (no async runtime); the soft RLIMIT_NOFILE is
+//! Invariants: one mio `Poll` per thread (no async runtime): one thread, except re-poll, which
+//! spreads its clients over `--client-threads` loops that share nothing but a start barrier and
+//! per-channel progress counters (`scenarios::RepollSync`); the soft RLIMIT_NOFILE is
 //! raised to the hard limit before anything opens, and a run needing more sockets than the limit
 //! allows (minus `FD_RESERVE`) is refused up front. Stdout carries only the result table;
 //! progress and errors go to stderr. A failing scenario is reported and the others still run;
