@@ -56,6 +56,16 @@ pub struct Repoll {
     pub client_cpu_s: f64,
 }
 
+impl Repoll {
+    /// Server CPU per answer over the window, µs (with `--pid`).
+    pub fn server_cpu_per_answer_us(&self) -> Option<f64> {
+        let answers = self.per_s * self.seconds;
+        self.server_cpu_s
+            .filter(|_| answers > 0.0)
+            .map(|c| c * 1e6 / answers)
+    }
+}
+
 /// Publish ingest rate.
 #[derive(Clone, Debug, Default)]
 pub struct Ingest {
@@ -96,7 +106,7 @@ pub fn percentile(sorted: &[f64], q: f64) -> f64 {
 }
 
 /// The table header and separator lines.
-pub const HEADER: &str = "| server | parked | userland B/parked | fanout p50 ms | p99 ms | max ms | repoll resp/s | ingest msg/s | idle CPU s/60s |\n|---|---|---|---|---|---|---|---|---|";
+pub const HEADER: &str = "| server | parked | userland B/parked | fanout p50 ms | p99 ms | max ms | client floor ms | server CPU ms/fanout | repoll resp/s | repoll msg/s | server CPU us/resp | ingest msg/s | idle CPU s/60s |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|";
 
 fn cell<T>(v: Option<T>, f: impl Fn(T) -> String) -> String {
     v.map_or_else(|| "-".to_string(), f)
@@ -111,15 +121,22 @@ impl Results {
             (Some(c), Some(s)) => format!("{c:.2} (over {s} s)"),
             _ => "-".to_string(),
         };
+        let r = self.repoll.as_ref();
         format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             self.label,
             self.conns,
             cell(self.bytes_per_parked, |b| format!("{b:.0}")),
             cell(f, |f| format!("{:.1}", f.p50)),
             cell(f, |f| format!("{:.1}", f.p99)),
             cell(f, |f| format!("{:.1}", f.max)),
-            cell(self.repoll.as_ref(), |r| format!("{:.0}", r.per_s)),
+            cell(f.and_then(|f| f.client_floor_ms), |m| format!("{m:.1}")),
+            cell(f.and_then(|f| f.server_cpu_ms), |m| format!("{m:.0}")),
+            cell(r, |r| format!("{:.0}", r.per_s)),
+            cell(r, |r| format!("{:.0}", r.msgs_per_s)),
+            cell(r.and_then(|r| r.server_cpu_per_answer_us()), |u| format!(
+                "{u:.2}"
+            )),
             cell(self.ingest.as_ref(), |i| format!("{:.0}", i.msgs_per_s)),
             idle,
         )

@@ -1,5 +1,6 @@
 //! Unit tests of the load generator's parts that need no server: option parsing, HTTP framing,
-//! /proc parsing, the dialects, the report and the order check.
+//! /proc parsing, the dialects, the report and the order check; and one run of every scenario,
+//! with small counts, against the pnsd binary this package builds (`against_pnsd`).
 //!
 //! Invariants: this is a separate test target (`[[test]] name = "loadgen_units"`) because the
 //! bench target is built with `harness = false`, which never runs `#[test]` functions; it
@@ -294,11 +295,50 @@ mod report_tests {
             bytes_per_parked: Some(96.4),
             ..Results::default()
         };
-        assert_eq!(r.row(), "| pnsd | 10 | 96 | - | - | - | - | - | - |");
+        assert_eq!(
+            r.row(),
+            "| pnsd | 10 | 96 | - | - | - | - | - | - | - | - | - | - |"
+        );
         let j = r.json();
         assert!(j["fanout_ms"].is_null());
         assert!(j["idle_cpu_s"].is_null());
         assert_eq!(j["conns"], 10);
+    }
+
+    #[test]
+    fn row_and_json_of_cpu_figures() {
+        let r = Results {
+            label: "x".into(),
+            conns: 3,
+            fanout: Some(Fanout {
+                p50: 1.0,
+                p99: 2.0,
+                max: 3.0,
+                client_floor_ms: Some(4.25),
+                server_cpu_ms: Some(80.0),
+                ..Fanout::default()
+            }),
+            repoll: Some(Repoll {
+                per_s: 1000.0,
+                msgs_per_s: 5000.0,
+                seconds: 10.0,
+                server_cpu_s: Some(0.05),
+                ..Repoll::default()
+            }),
+            ..Results::default()
+        };
+        assert_eq!(
+            r.row(),
+            "| x | 3 | - | 1.0 | 2.0 | 3.0 | 4.2 | 80 | 1000 | 5000 | 5.00 | - | - |"
+        );
+        let j = r.json();
+        assert_eq!(j["fanout_ms"]["client_floor"], 4.25);
+        assert_eq!(j["repoll_server_cpu_s"], 0.05);
+        let none = Repoll {
+            server_cpu_s: Some(1.0),
+            ..Repoll::default()
+        };
+        assert_eq!(none.server_cpu_per_answer_us(), None);
     }
 }
 
@@ -567,5 +607,124 @@ mod socket_tests {
         assert_eq!((p.acked, p.failed), (10, 0));
         drop(r);
         assert_eq!(server.join().unwrap_or(0), 10);
+    }
+}
+
+/// The scenarios end to end against a real pnsd (the binary this package builds), with counts
+/// small enough for `cargo test`: what `peers.sh` runs, checked for correctness, never for speed.
+mod against_pnsd {
+    use crate::args::{parse, Command, Options};
+    use crate::report::Results;
+    use crate::scenarios;
+    use std::io::{BufRead, BufReader};
+    use std::path::PathBuf;
+    use std::process::{Child, ChildStdout, Command as Process, Stdio};
+
+    /// A pnsd child process, killed and its directory removed on drop.
+    struct Pnsd {
+        child: Child,
+        /// Kept open so that pnsd never writes to a closed pipe.
+        _stdout: Option<BufReader<ChildStdout>>,
+        dir: PathBuf,
+        addr: String,
+    }
+
+    impl Pnsd {
+        fn start() -> Pnsd {
+            let dir = std::env::temp_dir().join(format!("loadgen-e2e-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("temp dir: {e}"));
+            let mut child = Process::new(env!("CARGO_BIN_EXE_pnsd"))
+                .args([
+                    "--threads",
+                    "2",
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--publish-socket",
+                ])
+                .arg(dir.join("pnsd.sock"))
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start pnsd: {e}"));
+            let mut line = String::new();
+            let mut stdout = child.stdout.take().map(BufReader::new);
+            if let Some(out) = stdout.as_mut() {
+                let _ = out.read_line(&mut line);
+            }
+            // "pnsd listening on http://127.0.0.1:PORT publish=... threads=2"
+            let addr = line
+                .split("http://")
+                .nth(1)
+                .and_then(|rest| rest.split_whitespace().next())
+                .unwrap_or_else(|| panic!("no address in pnsd's start-up line {line:?}"))
+                .to_string();
+            Pnsd {
+                child,
+                _stdout: stdout,
+                dir,
+                addr,
+            }
+        }
+
+        fn options(&self, extra: &str) -> Options {
+            let line = format!(
+                "--target pnsd --addr {} --publish-socket {} --pid {} {extra}",
+                self.addr,
+                self.dir.join("pnsd.sock").display(),
+                self.child.id()
+            );
+            let argv: Vec<String> = line.split_whitespace().map(String::from).collect();
+            match parse(&argv) {
+                Ok(Command::Run(o)) => *o,
+                _ => panic!("options did not parse: {line}"),
+            }
+        }
+    }
+
+    impl Drop for Pnsd {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    #[test]
+    fn every_scenario_runs_and_checks_out() {
+        let server = Pnsd::start();
+        let o = server.options(
+            "--conns 300 --rounds 2 --repoll-clients 40 --client-threads 2 --seconds 1 \
+             --messages 2000",
+        );
+        let mut res = Results::default();
+        let mut crowd = scenarios::density(&o, &mut res).unwrap_or_else(|e| panic!("{e}"));
+        assert!(res.bytes_per_parked.is_some());
+        scenarios::idle(&o, &mut crowd, &mut res).unwrap_or_else(|e| panic!("{e}"));
+        assert!(res.idle_cpu_s.is_some());
+        scenarios::fanout(&o, &mut crowd, &mut res).unwrap_or_else(|e| panic!("{e}"));
+        let f = res
+            .fanout
+            .clone()
+            .unwrap_or_else(|| panic!("no fan-out result"));
+        assert_eq!((f.samples, f.missing), (300 * 2, 0));
+        assert!(f.p50 <= f.p99 && f.p99 <= f.max);
+        assert!(f.client_floor_ms.is_some() && f.server_cpu_ms.is_some());
+        drop(crowd);
+        scenarios::repoll(&o, &mut res).unwrap_or_else(|e| panic!("{e}"));
+        let r = res
+            .repoll
+            .clone()
+            .unwrap_or_else(|| panic!("no re-poll result"));
+        assert_eq!((r.violations, r.resets, r.client_threads), (0, 0, 2));
+        assert!(r.published > 0 && r.per_s > 0.0 && r.msgs_per_s >= r.per_s);
+        assert!(r.server_cpu_s.is_some());
+        scenarios::ingest(&o, &mut res).unwrap_or_else(|e| panic!("{e}"));
+        let i = res
+            .ingest
+            .clone()
+            .unwrap_or_else(|| panic!("no ingest result"));
+        assert_eq!((i.messages, i.failed), (2000, 0));
+        assert_eq!(res.reconnects, 0);
     }
 }
