@@ -37,7 +37,7 @@ pub enum Phase {
 #[derive(Debug)]
 pub enum OutBytes {
     Owned(Vec<u8>),
-    Shared(Arc<[u8]>),
+    Shared(Arc<Vec<u8>>),
 }
 
 impl OutBytes {
@@ -107,6 +107,11 @@ impl Conn {
 
     pub fn has_output(&self) -> bool {
         self.pending.as_ref().is_some_and(|p| p.out.is_some())
+    }
+
+    /// Bytes of a next (pipelined) request are already here, unparsed.
+    pub fn has_input(&self) -> bool {
+        self.pending.as_ref().is_some_and(|p| !p.input.is_empty())
     }
 
     /// Takes the unparsed input, leaving none.

@@ -86,6 +86,8 @@ pub struct Reactor {
     ready: VecDeque<Ready>,
     expired: Vec<u32>,
     scratch: Vec<u32>,
+    /// `on_published`'s answers by (cursor, close), empty between calls.
+    shared: HashMap<(u64, bool), Option<SharedAnswer>>,
     drain_until: Option<u64>,
     accept_backoff: AcceptBackoff,
     epoch: u64,
@@ -136,6 +138,7 @@ impl Reactor {
             ready: VecDeque::new(),
             expired: Vec::new(),
             scratch: Vec::new(),
+            shared: HashMap::new(),
             drain_until: None,
             accept_backoff: AcceptBackoff::default(),
             epoch,
@@ -298,11 +301,7 @@ impl Reactor {
                 match c.flush() {
                     Ok(true) if !c.close_after => {
                         // The write deadline is over; the connection waits for a request again.
-                        let t = if c.pending.as_ref().is_some_and(|p| !p.input.is_empty()) {
-                            HEAD_TIMEOUT_MS
-                        } else {
-                            IDLE_TIMEOUT_MS
-                        };
+                        let t = next_request_timeout(c);
                         self.arm(key, t);
                         continue;
                     }
@@ -461,13 +460,12 @@ impl Reactor {
                     self.close(key);
                     return false;
                 }
-                let has_input = c.pending.as_ref().is_some_and(|p| !p.input.is_empty());
-                c.phase = if has_input { Phase::Head } else { Phase::Idle };
-                let t = if has_input {
-                    HEAD_TIMEOUT_MS
+                c.phase = if c.has_input() {
+                    Phase::Head
                 } else {
-                    IDLE_TIMEOUT_MS
+                    Phase::Idle
                 };
+                let t = next_request_timeout(c);
                 self.arm(key, t);
                 true
             }
@@ -525,9 +523,10 @@ impl Reactor {
         }
         let close = self.conns.get(key as usize).is_some_and(|c| c.close_after);
         if self.respond(key, bytes, close) {
-            let behind = self.conns.get(key as usize).is_some_and(|c| {
-                c.readable || c.pending.as_ref().is_some_and(|p| !p.input.is_empty())
-            });
+            let behind = self
+                .conns
+                .get(key as usize)
+                .is_some_and(|c| c.readable || c.has_input());
             if behind {
                 // A pipelined request waits behind the answer: serve it after this turn.
                 self.ready.push_back(Ready::Conn(key));
@@ -645,7 +644,7 @@ impl Reactor {
         let mut keys = std::mem::take(&mut self.scratch);
         keys.clear();
         self.waiters.waiting_on(channel, &mut keys);
-        let mut shared: HashMap<(u64, bool), Option<SharedAnswer>> = HashMap::new();
+        let mut shared = std::mem::take(&mut self.shared);
         // A handle on the hub (one refcount), so the origin is borrowed while `self` changes.
         let hub = self.hub.clone();
         let cors = hub.config.cors_origin.as_deref();
@@ -665,7 +664,7 @@ impl Reactor {
                         return None;
                     }
                     let bytes = poll::answer(&found, &[channel], self.epoch, k.1, cors);
-                    Some((Arc::from(bytes), !found.messages.is_empty()))
+                    Some((Arc::new(bytes), !found.messages.is_empty()))
                 });
                 if let Some((bytes, delivered)) = entry.clone() {
                     self.answer_parked(key, OutBytes::Shared(bytes), delivered);
@@ -682,6 +681,9 @@ impl Reactor {
             );
         }
         self.scratch = keys;
+        // Emptied (the answers are owned by the connections now), its table kept for the next.
+        shared.clear();
+        self.shared = shared;
     }
 
     /// Section 6: stop accepting, answer every parked poll c=0 without advancing its cursor,
@@ -708,9 +710,7 @@ impl Reactor {
                     let bytes = poll::empty_answer(self.epoch, c.after, true, cors);
                     self.answer_parked(key, OutBytes::Owned(bytes), false);
                 }
-                Phase::Head if c.pending.as_ref().is_some_and(|p| !p.input.is_empty()) => {
-                    self.respond_error(key, &response::DRAINING)
-                }
+                Phase::Head if c.has_input() => self.respond_error(key, &response::DRAINING),
                 _ => self.close(key),
             }
         }
@@ -718,7 +718,17 @@ impl Reactor {
 }
 
 /// One encoded answer for every poll with the same cursor, and whether it carries messages.
-type SharedAnswer = (Arc<[u8]>, bool);
+type SharedAnswer = (Arc<Vec<u8>>, bool);
+
+/// The deadline of a connection waiting for its next request: the head deadline when bytes of
+/// it are already here, else the keep-alive idle deadline.
+fn next_request_timeout(c: &Conn) -> u64 {
+    if c.has_input() {
+        HEAD_TIMEOUT_MS
+    } else {
+        IDLE_TIMEOUT_MS
+    }
+}
 
 enum Step {
     /// Waiting for readiness or a wake-up.
