@@ -67,6 +67,7 @@ use serde_json::Value;
 use socket2::{Domain, SockRef, Socket, Type};
 
 use pnsd::cursor;
+use pnsd::xorshift::XorShift as Rng;
 
 /// Issue 3 asks for a 10-minute soak.
 const DEFAULT_MINUTES: f64 = 10.0;
@@ -318,43 +319,9 @@ fn seed_from_clock() -> u64 {
 // ---------------------------------------------------------------------------------------------
 // Randomness and the workload's pure functions.
 
-/// Marsaglia's xorshift64, seeded through splitmix64 so nearby seeds give unrelated streams.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        Rng((z ^ (z >> 31)) | 1)
-    }
-
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-
-    /// Uniform in `[0, 1)`.
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    fn chance(&mut self, p: f64) -> bool {
-        self.unit() < p
-    }
-
-    /// Uniform in `lo..=hi`.
-    fn between(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo + 1)
-    }
-
-    fn millis(&mut self, (lo, hi): (u64, u64)) -> Duration {
-        Duration::from_millis(self.between(lo, hi))
-    }
+/// A duration uniform in `lo..=hi` ms.
+fn millis(rng: &mut Rng, (lo, hi): (u64, u64)) -> Duration {
+    Duration::from_millis(rng.between(lo, hi))
 }
 
 /// Up to three channel ids, in the publisher's (or subscriber's) order, no repeats.
@@ -381,7 +348,7 @@ impl Chans {
 
 /// 1 channel 70% of the time, 2 channels 20%, 3 channels 10%.
 fn how_many_channels(rng: &mut Rng) -> usize {
-    match rng.next() % 10 {
+    match rng.below(10) {
         0..=6 => 1,
         7 | 8 => 2,
         _ => 3,
@@ -432,7 +399,7 @@ impl Workload {
 
     /// Channels of message `n` of publisher `p`: a pure function, so subscribers can check it.
     fn message_chans(&self, p: usize, n: u64) -> Chans {
-        let mut rng = Rng::new(self.seed ^ ((p as u64) << 40) ^ n.wrapping_mul(0x9E37_79B9));
+        let mut rng = Rng::seeded(self.seed ^ ((p as u64) << 40) ^ n.wrapping_mul(0x9E37_79B9));
         let want = how_many_channels(&mut rng);
         let mut c = Chans::default();
         // Bounded: a skewed draw may repeat a hot channel; give up after a few tries.
@@ -1119,7 +1086,7 @@ fn new_sub(id: usize, rng: &mut Rng, channels: usize) -> Sub {
     let mut chans = Chans::default();
     let want = how_many_channels(rng);
     while (chans.len as usize) < want {
-        chans.push_distinct((rng.next() % channels as u64) as u16);
+        chans.push_distinct(rng.below(channels as u64) as u16);
     }
     let query: Vec<String> = chans
         .as_slice()
@@ -1169,17 +1136,17 @@ fn subscriber_thread(ctx: Arc<Ctx>, ids: Vec<usize>, total: usize, seed: u64) ->
             };
         }
     };
-    let mut rng = Rng::new(seed);
+    let mut rng = Rng::seeded(seed);
     let subs: Vec<Sub> = ids
         .iter()
-        .map(|&id| new_sub(id, &mut Rng::new(seed ^ id as u64), ctx.work.channels()))
+        .map(|&id| new_sub(id, &mut Rng::seeded(seed ^ id as u64), ctx.work.channels()))
         .collect();
     let mut w = Worker {
         ctx,
         poll,
         subs,
         timers: BinaryHeap::new(),
-        next_source: (rng.next() % u64::from(SOURCE_ADDRS)) as u32,
+        next_source: rng.below(u64::from(SOURCE_ADDRS)) as u32,
         rng,
         draining: false,
         done: 0,
@@ -1338,9 +1305,9 @@ impl Worker<'_> {
         let long = self.rng.chance(P_LONG_AWAY);
         let away = if long {
             bump(&self.ctx.counters.long_absences, 1);
-            self.rng.millis(LONG_AWAY_MS)
+            millis(&mut self.rng, LONG_AWAY_MS)
         } else {
-            self.rng.millis(SHORT_AWAY_MS)
+            millis(&mut self.rng, SHORT_AWAY_MS)
         };
         let rst = self.rng.chance(P_RESET_CLOSE);
         // Only a subscriber that has a cursor can be reset on its return.
@@ -1396,7 +1363,7 @@ impl Worker<'_> {
                 let now = Instant::now();
                 self.subs[idx].deadline = Some(now + CONNECT_WAIT);
                 if !self.draining {
-                    let after = self.rng.millis(HANGUP_AFTER_MS);
+                    let after = millis(&mut self.rng, HANGUP_AFTER_MS);
                     self.schedule(now + after, idx, TimerKind::Hangup);
                 }
             }
@@ -1664,7 +1631,7 @@ impl Worker<'_> {
             return;
         }
         if !self.draining && self.rng.chance(P_CLOSE_BETWEEN) {
-            let away = self.rng.millis(SHORT_AWAY_MS);
+            let away = millis(&mut self.rng, SHORT_AWAY_MS);
             self.go_away(idx, away, false);
             return;
         }

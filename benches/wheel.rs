@@ -9,6 +9,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use pnsd::wheel::{HoldWheel, TimerLink};
+use pnsd::xorshift::XorShift;
 
 /// Rounds per case; the best and median of them are printed. Odd so the median is one round.
 const ROUNDS: usize = 7;
@@ -22,20 +23,6 @@ const SMALL_SLOTS: usize = 256;
 /// Start tick, away from 0 so nothing special happens near it.
 const START: u32 = 1_000;
 
-/// Marsaglia's xorshift64, fixed seed: same workload every run.
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-}
-
 struct Workload {
     /// Deadline of each id, 1..=HOLD_TICKS ticks after START.
     deadlines: Vec<u32>,
@@ -47,13 +34,14 @@ struct Workload {
 
 impl Workload {
     fn new(n: usize) -> Self {
-        let mut rng = XorShift(0x9E37_79B9_7F4A_7C15);
-        let mut deadline = || START + 1 + (rng.next() % u64::from(HOLD_TICKS)) as u32;
+        // Fixed seed: the same workload every run.
+        let mut rng = XorShift::new(0x9E37_79B9_7F4A_7C15);
+        let mut deadline = || START + 1 + rng.below(u64::from(HOLD_TICKS)) as u32;
         let deadlines = (0..n).map(|_| deadline()).collect();
         let moved = (0..n).map(|_| deadline()).collect();
         let mut order: Vec<u32> = (0..n as u32).collect();
         for i in (1..n).rev() {
-            let j = (rng.next() % (i as u64 + 1)) as usize;
+            let j = rng.below(i as u64 + 1) as usize;
             order.swap(i, j);
         }
         Workload {

@@ -796,13 +796,8 @@ Connection: keep-alive\r\n\
             b"GET /pns/poll?channel=a HTTP/1.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
             b"\r\nOPTIONS http://h/pns/poll HTTP/1.0\nIf-None-Match: W/\"x\"\n\n",
         ];
-        let mut rng: u64 = 0x9e37_79b9_7f4a_7c15;
-        let mut next = move |bound: usize| {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            (rng % bound as u64) as usize
-        };
+        let mut rng = crate::xorshift::XorShift::new(0x9e37_79b9_7f4a_7c15);
+        let mut next = move |bound: usize| rng.below(bound as u64) as usize;
         for round in 0..600 {
             let mut buf = seeds[round % seeds.len()].to_vec();
             for _ in 0..1 + next(3) {

@@ -32,3 +32,4 @@ pub mod store;
 pub mod token;
 pub mod waiters;
 pub mod wheel;
+pub mod xorshift;

@@ -370,13 +370,8 @@ mod tests {
     /// by length recomputed from scratch.
     #[test]
     fn matches_a_reference_model() {
-        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            rng
-        };
+        let mut rng = crate::xorshift::XorShift::new(0x9e37_79b9_7f4a_7c15);
+        let mut next = move || rng.next_u64();
         let names = ["a", "b", "c", "d"];
         let buffer = 5;
         let mut s = Store::new(1, buffer, u64::MAX / 4);

@@ -205,13 +205,8 @@ mod tests {
 
     #[test]
     fn random_operations_match_a_model() {
-        let mut rng = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move || {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            rng
-        };
+        let mut rng = crate::xorshift::XorShift::new(0x2545_f491_4f6c_dd1d);
+        let mut next = move || rng.next_u64();
         let names = ["a", "b", "c", "d", "e"];
         let mut w = Waiters::new();
         let mut model: std::collections::BTreeMap<u32, (u32, Vec<&str>)> = Default::default();

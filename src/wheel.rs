@@ -301,6 +301,7 @@ impl HoldWheel {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::xorshift::XorShift;
     use std::collections::BTreeMap;
 
     fn links(n: usize) -> Vec<TimerLink> {
@@ -466,27 +467,9 @@ mod tests {
         assert_eq!(advance(&mut wheel, &mut nodes, 9), vec![0, 2]);
     }
 
-    /// Marsaglia's xorshift64: enough randomness for operation sequences, no crates.
-    struct XorShift(u64);
-
-    impl XorShift {
-        fn next(&mut self) -> u64 {
-            let mut x = self.0;
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            self.0 = x;
-            x
-        }
-
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
-        }
-    }
-
     /// Runs `ops` random operations on a wheel and on a BTreeMap model, comparing after each.
     fn model_check(seed: u64, slots: usize, start: u32, ids: u32, ops: usize) {
-        let mut rng = XorShift(seed);
+        let mut rng = XorShift::new(seed);
         let mut nodes = links(ids as usize);
         let mut wheel = HoldWheel::new(slots, start);
         // id -> tick at which it fires.
