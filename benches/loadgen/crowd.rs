@@ -163,19 +163,12 @@ impl Crowd {
                 );
             }
             self.turn(TICK)?;
-            let done = std::mem::take(&mut self.done);
-            for c in &done {
-                if let Some(e) = self.read(o, c).error {
-                    errors += 1;
-                    if errors > n.max(MIN_ERROR_BUDGET) {
-                        return Err(format!("{what}: {errors} error answers; last: {e}"));
-                    }
-                    why = format!("last answer while parking: {e}");
-                }
-                self.poll(o, c.client)?;
+            let (_, last) = self
+                .repoll_done(o, &mut errors)
+                .map_err(|e| format!("{what}: {e}"))?;
+            if let Some(e) = last {
+                why = format!("last answer while parking: {e}");
             }
-            self.done = done;
-            self.done.clear();
             if self.reactor.awaiting() < n || self.reactor.quiet_for() < QUIET || now < next_check {
                 continue;
             }
@@ -226,19 +219,33 @@ impl Crowd {
                 return Ok(answers);
             }
             self.turn((end - now).min(Duration::from_secs(1)))?;
-            let done = std::mem::take(&mut self.done);
-            for c in &done {
-                answers += 1;
-                if let Some(e) = self.read(o, c).error {
-                    errors += 1;
-                    if errors > self.reactor.len().max(MIN_ERROR_BUDGET) {
-                        return Err(format!("{errors} error answers; last: {e}"));
-                    }
-                }
-                self.poll(o, c.client)?;
-            }
-            self.done = done;
-            self.done.clear();
+            answers += self.repoll_done(o, &mut errors)?.0;
         }
+    }
+
+    /// Reads the answers of the last `turn` and polls again for each. Error answers count in
+    /// `errors`; beyond the budget (one per subscriber, at least `MIN_ERROR_BUDGET`) this
+    /// fails. Returns how many answers there were and the last error's text.
+    fn repoll_done(
+        &mut self,
+        o: &Options,
+        errors: &mut usize,
+    ) -> Result<(u64, Option<String>), String> {
+        let done = std::mem::take(&mut self.done);
+        let mut last = None;
+        for c in &done {
+            if let Some(e) = self.read(o, c).error {
+                *errors += 1;
+                if *errors > self.reactor.len().max(MIN_ERROR_BUDGET) {
+                    return Err(format!("{errors} error answers; last: {e}"));
+                }
+                last = Some(e);
+            }
+            self.poll(o, c.client)?;
+        }
+        let answers = done.len() as u64;
+        self.done = done;
+        self.done.clear();
+        Ok((answers, last))
     }
 }

@@ -37,8 +37,6 @@ pub struct Repoll {
     pub client_threads: usize,
     pub seconds: f64,
     pub published: u64,
-    /// `gaps + disorder + behind`: should be 0.
-    pub violations: u64,
     /// Answers that skipped messages without declaring a reset.
     pub gaps: u64,
     /// Messages skipped by those gaps.
@@ -57,6 +55,11 @@ pub struct Repoll {
 }
 
 impl Repoll {
+    /// Unannounced gaps, repeats or reorderings, and clients never caught up: should be 0.
+    pub fn violations(&self) -> u64 {
+        self.gaps + self.disorder + self.behind
+    }
+
     /// Server CPU per answer over the window, µs (with `--pid`).
     pub fn server_cpu_per_answer_us(&self) -> Option<f64> {
         let answers = self.per_s * self.seconds;
@@ -161,7 +164,7 @@ impl Results {
             "ingest_msgs_per_s": self.ingest.as_ref().map(|i| i.msgs_per_s),
             "idle_cpu_s": self.idle_cpu_s,
             "idle_seconds": self.idle_seconds,
-            "repoll_violations": self.repoll.as_ref().map(|r| r.violations),
+            "repoll_violations": self.repoll.as_ref().map(|r| r.violations()),
             "repoll_resets": self.repoll.as_ref().map(|r| r.resets),
             "repoll_gaps": self.repoll.as_ref().map(|r| r.gaps),
             "repoll_skipped": self.repoll.as_ref().map(|r| r.skipped),

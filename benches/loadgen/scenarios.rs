@@ -66,13 +66,14 @@ pub fn density(o: &Options, res: &mut Results) -> Result<Crowd, String> {
         );
     }
     if let (Some(kb), Ok(ka)) = (kernel_before, procfs::kernel_mem()) {
-        res.kernel_slab_kb = Some(ka.slab_kb as i64 - kb.slab_kb as i64);
-        res.kernel_tcp_mem_pages = Some(ka.tcp_mem_pages as i64 - kb.tcp_mem_pages as i64);
+        let slab = ka.slab_kb as i64 - kb.slab_kb as i64;
+        let pages = ka.tcp_mem_pages as i64 - kb.tcp_mem_pages as i64;
+        res.kernel_slab_kb = Some(slab);
+        res.kernel_tcp_mem_pages = Some(pages);
         note!(
-            "density: kernel slab +{} kB (both ends of {} loopback connections), TCP mem +{} pages",
-            ka.slab_kb as i64 - kb.slab_kb as i64,
-            o.conns,
-            ka.tcp_mem_pages as i64 - kb.tcp_mem_pages as i64
+            "density: kernel slab +{slab} kB (both ends of {} loopback connections), TCP mem \
+             +{pages} pages",
+            o.conns
         );
     }
     res.reconnects += crowd.reactor.counters.reconnects;
@@ -361,7 +362,6 @@ pub fn repoll(o: &Options, res: &mut Results) -> Result<(), String> {
         client_threads: threads,
         seconds: secs_f,
         published,
-        violations: order.gaps + order.disorder + behind,
         gaps: order.gaps,
         skipped: order.skipped,
         disorder: order.disorder,
@@ -374,7 +374,7 @@ pub fn repoll(o: &Options, res: &mut Results) -> Result<(), String> {
          clients not caught up); {} declared resets",
         r.per_s,
         r.msgs_per_s,
-        r.violations,
+        r.violations(),
         r.gaps,
         r.skipped,
         r.disorder,
@@ -446,8 +446,6 @@ fn repoll_part(
     let start = Instant::now();
     let end = start + Duration::from_secs(secs);
     let drain_end = end + REPOLL_DRAIN;
-    let lock =
-        |m: &Mutex<Option<[u64; REPOLL_CHANNELS]>>| *m.lock().unwrap_or_else(|e| e.into_inner());
     loop {
         let now = Instant::now();
         let in_window = now < end;
@@ -480,11 +478,12 @@ fn repoll_part(
                 let server = server_cpu(o)?.zip(s0).map(|(b, a)| b - a);
                 cpu_used = Some((server, procfs::self_cpu_seconds() - c0));
             }
-            if t == 0 && final_seq.is_none() {
-                *sync.final_seq.lock().unwrap_or_else(|e| e.into_inner()) = Some(next_seq);
-            }
             if final_seq.is_none() {
-                final_seq = lock(&sync.final_seq);
+                let mut shared = sync.final_seq.lock().unwrap_or_else(|e| e.into_inner());
+                if t == 0 {
+                    *shared = Some(next_seq);
+                }
+                final_seq = *shared;
             }
             let outstanding = crowd
                 .reactor

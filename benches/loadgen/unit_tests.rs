@@ -29,12 +29,22 @@ mod report;
 #[path = "scenarios.rs"]
 mod scenarios;
 
+/// A command line split at whitespace, as the shell would hand it over.
+fn argv(s: &str) -> Vec<String> {
+    s.split_whitespace().map(String::from).collect()
+}
+
+/// The options of a command line that must parse.
+fn opts(line: &str) -> args::Options {
+    match args::parse(&argv(line)) {
+        Ok(args::Command::Run(o)) => *o,
+        _ => panic!("options did not parse: {line}"),
+    }
+}
+
 mod args_tests {
     use crate::args::*;
-
-    fn argv(s: &str) -> Vec<String> {
-        s.split_whitespace().map(String::from).collect()
-    }
+    use crate::argv;
 
     #[test]
     fn bench_flag_alone_is_usage() {
@@ -187,17 +197,10 @@ mod procfs_tests {
 }
 
 mod dialect_tests {
-    use crate::args::{parse, Command, Options, Target};
+    use crate::args::Target;
     use crate::dialect::*;
     use crate::http::Response;
-
-    fn opts(line: &str) -> Options {
-        let argv: Vec<String> = line.split_whitespace().map(String::from).collect();
-        match parse(&argv) {
-            Ok(Command::Run(o)) => *o,
-            _ => panic!("bad test options"),
-        }
-    }
+    use crate::opts;
 
     #[test]
     fn pnsd_poll_and_answer() {
@@ -613,7 +616,7 @@ mod socket_tests {
 /// The scenarios end to end against a real pnsd (the binary this package builds), with counts
 /// small enough for `cargo test`: what `peers.sh` runs, checked for correctness, never for speed.
 mod against_pnsd {
-    use crate::args::{parse, Command, Options};
+    use crate::args::Options;
     use crate::report::Results;
     use crate::scenarios;
     use std::io::{BufRead, BufReader};
@@ -674,11 +677,7 @@ mod against_pnsd {
                 self.dir.join("pnsd.sock").display(),
                 self.child.id()
             );
-            let argv: Vec<String> = line.split_whitespace().map(String::from).collect();
-            match parse(&argv) {
-                Ok(Command::Run(o)) => *o,
-                _ => panic!("options did not parse: {line}"),
-            }
+            crate::opts(&line)
         }
     }
 
@@ -716,7 +715,7 @@ mod against_pnsd {
             .repoll
             .clone()
             .unwrap_or_else(|| panic!("no re-poll result"));
-        assert_eq!((r.violations, r.resets, r.client_threads), (0, 0, 2));
+        assert_eq!((r.violations(), r.resets, r.client_threads), (0, 0, 2));
         assert!(r.published > 0 && r.per_s > 0.0 && r.msgs_per_s >= r.per_s);
         assert!(r.server_cpu_s.is_some());
         scenarios::ingest(&o, &mut res).unwrap_or_else(|e| panic!("{e}"));
