@@ -854,8 +854,14 @@ fn publisher(ctx: Arc<Ctx>, p: usize, rate: f64) -> PubOutcome {
     out.sent = n;
     drop(tx);
     match acks.join() {
-        Ok((seqs, latency, lines)) => {
-            out.seqs = seqs;
+        Ok((latency, lines)) => {
+            // The reader stores acks in order from message 0 and stops at the first bad one,
+            // and every seq is at least 1: the acked messages are the non-zero prefix.
+            out.seqs = ctx.acks[p]
+                .iter()
+                .map(|a| a.load(Ordering::Acquire))
+                .take_while(|&seq| seq != 0)
+                .collect();
             out.max_ack_latency = latency;
             for l in lines {
                 v.add(l);
@@ -875,19 +881,19 @@ fn publisher(ctx: Arc<Ctx>, p: usize, rate: f64) -> PubOutcome {
 }
 
 /// Reads ack lines in order; each must be `ok` with an id of this run, after the previous one.
-/// Returns the seqs, the longest ack latency and violation lines (also counted by the caller).
+/// Stores each acked seq in `ctx.acks[p]`; returns the longest ack latency and violation lines
+/// (also counted by the caller).
 fn ack_reader(
     ctx: &Ctx,
     p: usize,
     stream: UnixStream,
     rx: mpsc::Receiver<(u64, Instant)>,
-) -> (Vec<u64>, Duration, Vec<String>) {
-    let mut seqs = Vec::new();
+) -> (Duration, Vec<String>) {
     let mut worst = Duration::ZERO;
     let mut bad = Vec::new();
     if let Err(e) = stream.set_read_timeout(Some(LOOP_SLICE)) {
         bad.push(format!("publisher {p}: set_read_timeout: {e}"));
-        return (seqs, worst, bad);
+        return (worst, bad);
     }
     let mut r = BufReader::new(stream);
     let mut line = Vec::new();
@@ -942,7 +948,6 @@ fn ack_reader(
         match id {
             Some(c) if v["ok"] == Value::Bool(true) && c.epoch == ctx.epoch && c.seq > last => {
                 last = c.seq;
-                seqs.push(c.seq);
                 ctx.acks[p][n as usize].store(c.seq, Ordering::Release);
                 bump(&ctx.counters.acked, 1);
             }
@@ -955,7 +960,7 @@ fn ack_reader(
             }
         }
     }
-    (seqs, worst, bad)
+    (worst, bad)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1029,6 +1034,16 @@ struct Sub {
     query: String,
     query_plain: String,
     log: SubLog,
+}
+
+impl Sub {
+    /// The stamp a timer of `kind` carries: it is stale once this has moved on.
+    fn stamp_for(&self, kind: TimerKind) -> u64 {
+        match kind {
+            TimerKind::Reconnect => self.stamp,
+            TimerKind::Hangup => self.hangup_stamp,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -1232,12 +1247,7 @@ impl Worker<'_> {
     }
 
     fn schedule(&mut self, at: Instant, idx: usize, kind: TimerKind) {
-        let s = &self.subs[idx];
-        let stamp = if kind == TimerKind::Hangup {
-            s.hangup_stamp
-        } else {
-            s.stamp
-        };
+        let stamp = self.subs[idx].stamp_for(kind);
         self.timers.push(Reverse(Timer {
             at,
             idx,
@@ -1264,10 +1274,10 @@ impl Worker<'_> {
             let id = s.log.id;
             match s.phase {
                 Phase::Connecting => {
-                    self.v.add(format!(
-                        "subscriber {id}: connect not done within {CONNECT_WAIT:?}"
-                    ));
-                    self.go_away(idx, RETRY_PAUSE, false);
+                    self.fail(
+                        idx,
+                        format_args!("connect not done within {CONNECT_WAIT:?}"),
+                    );
                 }
                 Phase::Polling { .. } => {
                     self.v.add(format!(
@@ -1282,12 +1292,7 @@ impl Worker<'_> {
 
     fn fire(&mut self, t: Timer) {
         let s = &self.subs[t.idx];
-        let current = if t.kind == TimerKind::Hangup {
-            s.hangup_stamp
-        } else {
-            s.stamp
-        };
-        if current != t.stamp {
+        if s.stamp_for(t.kind) != t.stamp {
             return;
         }
         match (t.kind, &s.phase) {
@@ -1324,6 +1329,13 @@ impl Worker<'_> {
                 let _ = SockRef::from(&c.stream).set_linger(Some(Duration::ZERO));
             }
         }
+    }
+
+    /// A violation by subscriber `idx`: recorded with its id, and it starts over after a pause.
+    fn fail(&mut self, idx: usize, what: std::fmt::Arguments) {
+        let id = self.subs[idx].log.id;
+        self.v.add(format!("subscriber {id}: {what}"));
+        self.go_away(idx, RETRY_PAUSE, false);
     }
 
     fn go_away(&mut self, idx: usize, after: Duration, rst: bool) {
@@ -1368,10 +1380,7 @@ impl Worker<'_> {
                 }
             }
             Err(e) => {
-                let id = self.subs[idx].log.id;
-                self.v
-                    .add(format!("subscriber {id}: connect from {ip} failed: {e}"));
-                self.go_away(idx, RETRY_PAUSE, false);
+                self.fail(idx, format_args!("connect from {ip} failed: {e}"));
             }
         }
     }
@@ -1384,9 +1393,7 @@ impl Worker<'_> {
             match c.stream.take_error() {
                 Ok(None) => {}
                 Ok(Some(e)) | Err(e) => {
-                    let id = self.subs[idx].log.id;
-                    self.v.add(format!("subscriber {id}: connect failed: {e}"));
-                    self.go_away(idx, RETRY_PAUSE, false);
+                    self.fail(idx, format_args!("connect failed: {e}"));
                     return;
                 }
             }
@@ -1394,9 +1401,7 @@ impl Worker<'_> {
                 Ok(_) => self.send_poll(idx),
                 Err(e) if e.kind() == ErrorKind::NotConnected => return,
                 Err(e) => {
-                    let id = self.subs[idx].log.id;
-                    self.v.add(format!("subscriber {id}: connect failed: {e}"));
-                    self.go_away(idx, RETRY_PAUSE, false);
+                    self.fail(idx, format_args!("connect failed: {e}"));
                     return;
                 }
             }
@@ -1405,10 +1410,7 @@ impl Worker<'_> {
             return;
         }
         if let Err(e) = self.flush(idx) {
-            let id = self.subs[idx].log.id;
-            self.v
-                .add(format!("subscriber {id}: writing a poll failed: {e}"));
-            self.go_away(idx, RETRY_PAUSE, false);
+            self.fail(idx, format_args!("writing a poll failed: {e}"));
             return;
         }
         self.on_readable(idx);
@@ -1489,8 +1491,7 @@ impl Worker<'_> {
                 }
             }
             Err(e) => {
-                self.v.add(format!("subscriber {id}: {e}"));
-                self.go_away(idx, RETRY_PAUSE, false);
+                self.fail(idx, format_args!("{e}"));
             }
         }
     }
@@ -1554,10 +1555,7 @@ impl Worker<'_> {
         let at = Instant::now() + Duration::from_secs(hold) + ANSWER_GRACE;
         self.subs[idx].deadline = Some(at);
         if let Err(e) = self.flush(idx) {
-            let id = self.subs[idx].log.id;
-            self.v
-                .add(format!("subscriber {id}: writing a poll failed: {e}"));
-            self.go_away(idx, RETRY_PAUSE, false);
+            self.fail(idx, format_args!("writing a poll failed: {e}"));
         }
     }
 
@@ -1582,20 +1580,17 @@ impl Worker<'_> {
         };
         let id = self.subs[idx].log.id;
         if a.status != 200 {
-            self.v.add(format!(
-                "subscriber {id}: status {}: {}",
-                a.status,
-                String::from_utf8_lossy(&a.body)
-            ));
-            self.go_away(idx, RETRY_PAUSE, false);
+            self.fail(
+                idx,
+                format_args!("status {}: {}", a.status, String::from_utf8_lossy(&a.body)),
+            );
             return;
         }
         let result = self.check_answer(idx, &a);
         let (c, reset) = match result {
             Ok(x) => x,
             Err(e) => {
-                self.v.add(format!("subscriber {id}: {e}"));
-                self.go_away(idx, RETRY_PAUSE, false);
+                self.fail(idx, format_args!("{e}"));
                 return;
             }
         };
