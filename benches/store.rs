@@ -14,10 +14,18 @@ use pnsd::store::Store;
 const ROUNDS: u32 = 7;
 /// Messages kept per channel: pnsd's default `--buffer`.
 const BUFFER: usize = 64;
+/// Message lifetime: pnsd's default `--message-ttl` (600 s); nothing expires during a run.
+const TTL_MS: u64 = 600_000;
 /// A typical small notification payload.
 const DATA: &str = r#"{"subject":"New mail from Alice","folder":"INBOX","unread":12}"#;
 
-fn best(name: &str, per_round: u32, mut round: impl FnMut()) {
+/// Runs `op(0..per_round)` once to warm up, then `ROUNDS` times, and prints the best ns per op.
+fn best(name: &str, per_round: u32, mut op: impl FnMut(usize)) {
+    let mut round = || {
+        for i in 0..per_round as usize {
+            op(i);
+        }
+    };
     round();
     let mut best = f64::INFINITY;
     for _ in 0..ROUNDS {
@@ -36,76 +44,59 @@ fn names(n: usize) -> Vec<Box<[Box<str>]>> {
 
 fn main() {
     // `cargo bench` passes --bench; any other argument is ignored too.
-    let ttl_ms = 600_000;
 
     // Append to one hot channel (ring full: every append evicts).
     let one = names(1);
-    let mut s = Store::new(1, BUFFER, ttl_ms);
+    let mut s = Store::new(1, BUFFER, TTL_MS);
     const N: u32 = 200_000;
-    best("publish, one channel, ring full", N, || {
-        for _ in 0..N {
-            black_box(s.publish(one[0].clone(), Some(70), DATA, 0));
-        }
+    best("publish, one channel, ring full", N, |_| {
+        black_box(s.publish(one[0].clone(), Some(70), DATA, 0));
     });
 
     // Append spread over 10,000 channels (hash lookups, cold rings).
     let many = names(10_000);
-    let mut s = Store::new(1, BUFFER, ttl_ms);
-    best("publish, 10,000 channels round-robin", N, || {
-        for i in 0..N as usize {
-            black_box(s.publish(many[i % many.len()].clone(), None, DATA, 0));
-        }
+    let mut s = Store::new(1, BUFFER, TTL_MS);
+    best("publish, 10,000 channels round-robin", N, |i| {
+        black_box(s.publish(many[i % many.len()].clone(), None, DATA, 0));
     });
 
     // Append to three channels at once.
     let three: Box<[Box<str>]> = vec!["a".into(), "b".into(), "c".into()].into_boxed_slice();
-    let mut s = Store::new(1, BUFFER, ttl_ms);
-    best("publish, three channels per message", N, || {
-        for _ in 0..N {
-            black_box(s.publish(three.clone(), None, DATA, 0));
-        }
+    let mut s = Store::new(1, BUFFER, TTL_MS);
+    best("publish, three channels per message", N, |_| {
+        black_box(s.publish(three.clone(), None, DATA, 0));
     });
 
     // Reads: a poll one message behind, and one 64 behind, on one channel; a 3-channel poll.
-    let mut s = Store::new(1, BUFFER, ttl_ms);
+    let mut s = Store::new(1, BUFFER, TTL_MS);
     for _ in 0..BUFFER {
         s.publish(one[0].clone(), None, DATA, 0);
     }
     let chan = ["user:0"];
     let last = s.last_seq();
     const R: u32 = 200_000;
-    best("read, 1 message after the cursor", R, || {
-        for _ in 0..R {
-            black_box(s.read(&chan, last - 1, 0, MAX_PER_ANSWER));
-        }
+    best("read, 1 message after the cursor", R, |_| {
+        black_box(s.read(&chan, last - 1, 0, MAX_PER_ANSWER));
     });
-    best("read, 64 messages after the cursor", R / 10, || {
-        for _ in 0..R / 10 {
-            black_box(s.read(&chan, last - 64, 0, MAX_PER_ANSWER));
-        }
+    best("read, 64 messages after the cursor", R / 10, |_| {
+        black_box(s.read(&chan, last - 64, 0, MAX_PER_ANSWER));
     });
-    best("read, nothing after the cursor (park)", R, || {
-        for _ in 0..R {
-            black_box(s.read(&chan, last, 0, MAX_PER_ANSWER));
-        }
+    best("read, nothing after the cursor (park)", R, |_| {
+        black_box(s.read(&chan, last, 0, MAX_PER_ANSWER));
     });
-    let mut s3 = Store::new(1, BUFFER, ttl_ms);
+    let mut s3 = Store::new(1, BUFFER, TTL_MS);
     for _ in 0..BUFFER {
         s3.publish(three.clone(), None, DATA, 0);
     }
     let abc = ["a", "b", "c"];
     let last3 = s3.last_seq();
-    best("read, 3 channels, 8 shared messages after", R / 10, || {
-        for _ in 0..R / 10 {
-            black_box(s3.read(&abc, last3 - 8, 0, MAX_PER_ANSWER));
-        }
+    best("read, 3 channels, 8 shared messages after", R / 10, |_| {
+        black_box(s3.read(&abc, last3 - 8, 0, MAX_PER_ANSWER));
     });
 
     // Encoding a whole HTTP answer of one message (done once per fan-out).
     let found = s.read(&chan, last - 1, 0, MAX_PER_ANSWER);
-    best("encode answer, 1 message", R, || {
-        for _ in 0..R {
-            black_box(answer(&found, &chan, 1, false, None));
-        }
+    best("encode answer, 1 message", R, |_| {
+        black_box(answer(&found, &chan, 1, false, None));
     });
 }
