@@ -3,8 +3,10 @@
 //! closes it while the connections it holds keep working; a server whose file-descriptor table
 //! is full (accept fails with EMFILE) keeps serving what it has, does not spin, and recovers.
 //!
-//! The EMFILE server is spawned here (not with `common::Server`) because its open-file limit
-//! is lowered in the child between fork and exec, with `setrlimit` in a `pre_exec` hook.
+//! The EMFILE server is a `common::Server` whose open-file limit is lowered in the child
+//! between fork and exec, with `setrlimit` in a `pre_exec` hook passed to
+//! `Server::start_in_with`. While its descriptors are exhausted it cannot accept a new
+//! publisher connection, so its stats are read over one publisher connected beforehand.
 //!
 //! Invariants: counts and waits are bounded; the CPU check compares the server's CPU time with
 //! the wall time of the same window ("well under half a core"), a test of behaviour against a
@@ -12,13 +14,10 @@
 
 mod common;
 
-use std::fs::File;
-use std::io::{ErrorKind, Read};
+use std::io::ErrorKind;
 use std::net::{SocketAddr, TcpStream};
+use std::ops::Deref;
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -111,74 +110,36 @@ const ESTABLISHED: usize = 5;
 /// How long the CPU time is sampled while accept fails.
 const CPU_WINDOW: Duration = Duration::from_secs(4);
 
-/// A pnsd started with a lowered RLIMIT_NOFILE; killed and its dir removed on drop.
-struct Starved {
-    child: Child,
-    addr: SocketAddr,
-    socket: PathBuf,
-    dir: TempDir,
-}
+/// A connect that does not complete within this is taken as a full listen backlog (the
+/// kernel stops completing handshakes for a listener whose backlog is full), ending the flood.
+const FLOOD_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A pnsd started with a lowered RLIMIT_NOFILE; a [`Server`], so it is killed and its dir
+/// removed on drop.
+struct Starved(Server);
 
 impl Starved {
     fn start(nofile: libc::rlim_t, args: &[&str]) -> Starved {
         let dir = TempDir::new();
         let socket = dir.join("pnsd.sock");
-        let mut cmd = Command::new(BIN);
-        cmd.arg("--listen")
-            .arg("127.0.0.1:0")
-            .arg("--publish-socket")
-            .arg(&socket)
-            .args(args)
-            .current_dir(&dir.path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(File::create(dir.join("stderr.log")).expect("stderr log"));
-        // SAFETY: the hook runs in the forked child before exec and only calls setrlimit(2),
-        // which is async-signal-safe; it touches no memory shared with the parent.
-        unsafe {
-            cmd.pre_exec(move || {
-                let lim = libc::rlimit {
-                    rlim_cur: nofile,
-                    rlim_max: nofile,
-                };
-                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let mut child = cmd.spawn().expect("spawn pnsd");
-        let mut stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            let mut line = Vec::new();
-            let mut b = [0u8; 1];
-            while let Ok(1) = stdout.read(&mut b) {
-                if b[0] == b'\n' {
-                    break;
-                }
-                line.push(b[0]);
+        let server = Server::start_in_with(dir, socket, &[], args, |cmd| {
+            // SAFETY: the hook runs in the forked child before exec and only calls
+            // setrlimit(2), which is async-signal-safe; it touches no memory shared with the
+            // parent.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let lim = libc::rlimit {
+                        rlim_cur: nofile,
+                        rlim_max: nofile,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
             }
-            let _ = tx.send(String::from_utf8_lossy(&line).into_owned());
-            let mut sink = [0u8; 1024];
-            while matches!(stdout.read(&mut sink), Ok(n) if n > 0) {}
         });
-        let line = rx.recv_timeout(DEADLINE).unwrap_or_default();
-        if line.is_empty() {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "starved pnsd did not start: {}",
-                std::fs::read_to_string(dir.join("stderr.log")).unwrap_or_default()
-            );
-        }
-        let (addrs, _, _) = parse_startup_line(&line);
-        Starved {
-            child,
-            addr: addrs[0],
-            socket,
-            dir,
-        }
+        Starved(server)
     }
 
     /// User plus system CPU time of the process so far.
@@ -202,31 +163,45 @@ impl Starved {
             .map(|d| d.count())
             .unwrap_or(0)
     }
+}
 
-    fn stderr_text(&self) -> String {
-        std::fs::read_to_string(self.dir.join("stderr.log")).unwrap_or_default()
+impl Deref for Starved {
+    type Target = Server;
+
+    fn deref(&self) -> &Server {
+        &self.0
     }
 }
 
-impl Drop for Starved {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if thread::panicking() {
-            let text = self.stderr_text();
-            let tail: Vec<&str> = text.lines().rev().take(20).collect();
-            eprintln!("--- starved pnsd stderr, last lines ---");
-            for l in tail.iter().rev() {
-                eprintln!("{l}");
-            }
+/// Opens up to [`FLOOD`] connections to `addr`, stopping early when the listen backlog is full;
+/// the kernel completes them into the backlog faster than pnsd can take them.
+fn open_flood(addr: SocketAddr) -> Vec<TcpStream> {
+    let mut flood = Vec::new();
+    for _ in 0..FLOOD {
+        match TcpStream::connect_timeout(&addr, FLOOD_CONNECT_TIMEOUT) {
+            Ok(s) => flood.push(s),
+            Err(e) if e.kind() == ErrorKind::TimedOut => break, // backlog full
+            Err(e) => panic!("flood connect: {e}"),
         }
     }
+    flood
 }
 
-fn stats(p: &mut Publisher) -> serde_json::Value {
-    let v = p.request(r#"{"op":"stats"}"#);
-    assert_eq!(v["ok"], true, "stats: {v}");
-    v
+/// Waits (bounded) until the server's fd table is full at [`STARVED_NOFILE`], i.e. accept must
+/// be failing now. A `publisher` connected earlier adds the server's stats to the failure
+/// message.
+fn wait_fd_table_full(server: &Starved, mut publisher: Option<&mut Publisher>) {
+    let deadline = Instant::now() + DEADLINE;
+    while server.fds() < STARVED_NOFILE as usize {
+        if Instant::now() >= deadline {
+            let stats = match publisher.as_mut() {
+                Some(p) => format!(", stats {}", p.stats()),
+                None => String::new(),
+            };
+            panic!("fd table never filled: {} fds{stats}", server.fds());
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]
@@ -240,14 +215,7 @@ fn emfile_on_accept_does_not_spin_and_recovers() {
     let mut established: Vec<HttpConn> = (0..ESTABLISHED).map(|_| admitted(server.addr)).collect();
 
     // Flood: connections the kernel completes into the backlog faster than pnsd can take them.
-    let mut flood = Vec::new();
-    for _ in 0..FLOOD {
-        match TcpStream::connect_timeout(&server.addr, Duration::from_secs(5)) {
-            Ok(s) => flood.push(s),
-            Err(e) if e.kind() == ErrorKind::TimedOut => break, // backlog full
-            Err(e) => panic!("flood connect: {e}"),
-        }
-    }
+    let flood = open_flood(server.addr);
     assert!(
         flood.len() > STARVED_NOFILE as usize,
         "the flood must exceed the fd limit; opened {}",
@@ -255,17 +223,8 @@ fn emfile_on_accept_does_not_spin_and_recovers() {
     );
 
     // Wait (bounded) until the fd table is full, i.e. accept must be failing now.
-    let deadline = Instant::now() + DEADLINE;
-    while server.fds() < STARVED_NOFILE as usize {
-        assert!(
-            Instant::now() < deadline,
-            "fd table never filled: {} fds, stats {}",
-            server.fds(),
-            stats(&mut publisher)
-        );
-        thread::sleep(Duration::from_millis(50));
-    }
-    let held = stats(&mut publisher)["connections"]
+    wait_fd_table_full(&server, Some(&mut publisher));
+    let held = publisher.stats()["connections"]
         .as_u64()
         .expect("connections");
     assert!(
@@ -299,11 +258,7 @@ fn emfile_on_accept_does_not_spin_and_recovers() {
 
     // A parked poll and a publish still go through.
     established[1].get(&poll_target(&["fd"], Some(&start.cursor), Some(60)));
-    let deadline = Instant::now() + DEADLINE;
-    while stats(&mut publisher)["parked"] != 1 {
-        assert!(Instant::now() < deadline, "poll never parked");
-        thread::sleep(Duration::from_millis(20));
-    }
+    publisher.wait_stat("parked", 1);
     let id = ack_id(&publisher.request(r#"{"channel":"fd","data":"during emfile"}"#));
     let got = check_poll(&established[1].read_response());
     assert_eq!(got.ids(), vec![id.clone()]);
@@ -313,18 +268,8 @@ fn emfile_on_accept_does_not_spin_and_recovers() {
     let mut fresh = admitted(server.addr);
     let got = check_poll(&fresh.request(&poll_target(&["fd"], Some(&start.cursor), Some(0))));
     assert_eq!(got.ids(), vec![id]);
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        let s = stats(&mut publisher);
-        if s["connections"] == (ESTABLISHED + 1) as u64 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the flood's connections were never released: {s}"
-        );
-        thread::sleep(Duration::from_millis(50));
-    }
+    // The flood's connections are released: only the established ones and `fresh` remain.
+    publisher.wait_stat("connections", (ESTABLISHED + 1) as u64);
     let more: Vec<HttpConn> = (0..20).map(|_| admitted(server.addr)).collect();
     assert_eq!(more.len(), 20);
     for c in established.iter_mut() {
@@ -340,7 +285,7 @@ const DEFAULT_LIMIT_NOFILE: libc::rlim_t = 400;
 fn admitted_or_503(conn: &mut HttpConn, publisher: &mut Publisher, count: u64) -> bool {
     let deadline = Instant::now() + DEADLINE;
     loop {
-        if stats(publisher)["connections"] == count {
+        if publisher.stats()["connections"] == count {
             return true;
         }
         if let Ok(r) = conn.try_read_response(Duration::from_millis(10)) {
@@ -396,19 +341,8 @@ fn a_publisher_that_connects_while_fds_are_exhausted_is_served_after_recovery() 
         STARVED_NOFILE,
         &["--max-connections", "1000", "--threads", "1"],
     );
-    let mut flood = Vec::new();
-    for _ in 0..FLOOD {
-        match TcpStream::connect_timeout(&server.addr, Duration::from_secs(5)) {
-            Ok(s) => flood.push(s),
-            Err(e) if e.kind() == ErrorKind::TimedOut => break,
-            Err(e) => panic!("flood connect: {e}"),
-        }
-    }
-    let deadline = Instant::now() + DEADLINE;
-    while server.fds() < STARVED_NOFILE as usize {
-        assert!(Instant::now() < deadline, "fd table never filled");
-        thread::sleep(Duration::from_millis(50));
-    }
+    let flood = open_flood(server.addr);
+    wait_fd_table_full(&server, None);
     // The kernel completes this connection into the publish socket's backlog; pnsd's accept
     // fails while its table is full.
     let mut late = Publisher::connect(&server.socket);

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
+use hmac::digest::KeyInit;
 use hmac::{Hmac, Mac};
 use serde_json::Value;
 use sha2::{Sha256, Sha384, Sha512};
@@ -100,25 +101,10 @@ fn jwt(header: &str, payload: &str, sign: impl Fn(&[u8]) -> Vec<u8>) -> String {
     format!("{input}.{}", b64(&sig))
 }
 
-fn hs256(key: &[u8]) -> impl Fn(&[u8]) -> Vec<u8> + '_ {
+/// A signer computing the MAC `M` (`Hmac<Sha256>`, `Hmac<Sha384>`, `Hmac<Sha512>`) with `key`.
+fn hs<M: Mac + KeyInit>(key: &[u8]) -> impl Fn(&[u8]) -> Vec<u8> + '_ {
     move |input| {
-        let mut m = Hmac::<Sha256>::new_from_slice(key).expect("hmac key");
-        m.update(input);
-        m.finalize().into_bytes().to_vec()
-    }
-}
-
-fn hs384(key: &[u8]) -> impl Fn(&[u8]) -> Vec<u8> + '_ {
-    move |input| {
-        let mut m = Hmac::<Sha384>::new_from_slice(key).expect("hmac key");
-        m.update(input);
-        m.finalize().into_bytes().to_vec()
-    }
-}
-
-fn hs512(key: &[u8]) -> impl Fn(&[u8]) -> Vec<u8> + '_ {
-    move |input| {
-        let mut m = Hmac::<Sha512>::new_from_slice(key).expect("hmac key");
+        let mut m = <M as KeyInit>::new_from_slice(key).expect("hmac key");
         m.update(input);
         m.finalize().into_bytes().to_vec()
     }
@@ -133,18 +119,13 @@ fn payload(channels: &[&str]) -> String {
     )
 }
 
-/// `GET TARGET` with extra header lines.
-fn get_with(target: &str, headers: &[(&str, &str)]) -> String {
-    let mut r = format!("GET {target} HTTP/1.1\r\nHost: pnsd.test\r\n");
-    for (n, v) in headers {
-        r.push_str(&format!("{n}: {v}\r\n"));
-    }
-    r.push_str("\r\n");
-    r
-}
-
 fn bearer(tok: &str) -> String {
     format!("Bearer {tok}")
+}
+
+/// `GET TARGET` carrying `tok` in an `Authorization: Bearer` header.
+fn bearer_request(target: &str, tok: &str) -> String {
+    get_with(target, &[("Authorization", &bearer(tok))])
 }
 
 /// `/pns/poll?[channel=..&]...&hold=0[&sid=..]`.
@@ -165,10 +146,7 @@ fn ask(conn: &mut HttpConn, req: &str) -> Response {
 /// A `hold=0` poll on `channel` with a good token: must be a 200 (proves the connection is
 /// still usable after an error).
 fn still_alive(conn: &mut HttpConn, tok: &str, channel: &str) {
-    let r = ask(
-        conn,
-        &get_with(&target(&[channel], None, 0, Some(tok)), &[]),
-    );
+    let r = conn.request(&target(&[channel], None, 0, Some(tok)));
     check_poll(&r);
 }
 
@@ -185,16 +163,13 @@ fn expect_401(conn: &mut HttpConn, req: &str, good: &str, what: &str) -> String 
 fn expect_401_both_ways(conn: &mut HttpConn, token: &str, good: &str, what: &str) {
     expect_401(
         conn,
-        &get_with(&target(&["a"], None, 0, Some(token)), &[]),
+        &get_request(&target(&["a"], None, 0, Some(token))),
         good,
         &format!("{what} in sid"),
     );
     expect_401(
         conn,
-        &get_with(
-            &target(&["a"], None, 0, None),
-            &[("Authorization", &bearer(token))],
-        ),
+        &bearer_request(&target(&["a"], None, 0, None), token),
         good,
         &format!("{what} in bearer"),
     );
@@ -207,24 +182,17 @@ fn cli_token_works_in_sid_and_in_bearer_header() {
 
     // sid: take the current cursor, publish, see the message.
     let mut conn = server.http();
-    let a = check_poll(&ask(
-        &mut conn,
-        &get_with(&target(&["a"], None, 0, Some(&tok)), &[]),
-    ));
+    let a = check_poll(&conn.request(&target(&["a"], None, 0, Some(&tok))));
     assert_eq!(a.c, 0);
     let id = server.publish("a", r#"{"via":"sid"}"#);
-    let got = check_poll(&ask(
-        &mut conn,
-        &get_with(&target(&["a"], Some(&a.cursor), 0, Some(&tok)), &[]),
-    ));
+    let got = check_poll(&conn.request(&target(&["a"], Some(&a.cursor), 0, Some(&tok))));
     assert_eq!(got.ids(), vec![id.clone()]);
     assert_eq!(got.msgs[0]["data"]["via"], "sid");
 
     // Bearer: a parked poll woken by a publish on the other granted channel.
-    let auth = bearer(&tok);
-    conn.send(get_with(
+    conn.send(bearer_request(
         &target(&["b"], Some(&got.cursor), 30, None),
-        &[("Authorization", &auth)],
+        &tok,
     ));
     server.wait_parked(1);
     let id_b = server.publish("b", r#"{"via":"bearer"}"#);
@@ -284,10 +252,7 @@ fn bearer_header_wins_over_sid() {
     // A good header beats a bad sid.
     let r = ask(
         &mut conn,
-        &get_with(
-            &target(&["a"], None, 0, Some("garbage.token.here")),
-            &[("Authorization", &bearer(&good))],
-        ),
+        &bearer_request(&target(&["a"], None, 0, Some("garbage.token.here")), &good),
     );
     check_poll(&r);
 
@@ -295,10 +260,7 @@ fn bearer_header_wins_over_sid() {
     let bad = mint_with(b"another key", &["a"], now_secs() + LONG_TTL);
     let r = ask(
         &mut conn,
-        &get_with(
-            &target(&["a"], None, 0, Some(&good)),
-            &[("Authorization", &bearer(&bad))],
-        ),
+        &bearer_request(&target(&["a"], None, 0, Some(&good)), &bad),
     );
     check_error(&r, 401);
 
@@ -306,10 +268,7 @@ fn bearer_header_wins_over_sid() {
     let only_b = lib_token(&["b"]);
     let r = ask(
         &mut conn,
-        &get_with(
-            &target(&["a"], None, 0, Some(&good)),
-            &[("Authorization", &bearer(&only_b))],
-        ),
+        &bearer_request(&target(&["a"], None, 0, Some(&good)), &only_b),
     );
     check_error(&r, 403);
     still_alive(&mut conn, &good, "a");
@@ -323,19 +282,19 @@ fn missing_and_malformed_tokens_are_401_and_keep_the_connection() {
 
     expect_401(
         &mut conn,
-        &get_with(&target(&["a"], None, 0, None), &[]),
+        &get_request(&target(&["a"], None, 0, None)),
         &good,
         "no token",
     );
     expect_401(
         &mut conn,
-        &get_with("/pns/poll?hold=0", &[]),
+        &get_request("/pns/poll?hold=0"),
         &good,
         "no token, no channel",
     );
     expect_401(
         &mut conn,
-        &get_with(&target(&["a"], None, 0, Some("")), &[]),
+        &get_request(&target(&["a"], None, 0, Some(""))),
         &good,
         "empty sid",
     );
@@ -363,10 +322,14 @@ fn missing_and_malformed_tokens_are_401_and_keep_the_connection() {
         r#"{"channels":["a"],"exp":"9999999999"}"#.to_string(),
         r#"["a"]"#.to_string(),
     ] {
-        let t = jwt(r#"{"alg":"HS256","typ":"JWT"}"#, &p, hs256(KEY));
+        let t = jwt(
+            r#"{"alg":"HS256","typ":"JWT"}"#,
+            &p,
+            hs::<Hmac<Sha256>>(KEY),
+        );
         expect_401(
             &mut conn,
-            &get_with(&target(&["a"], None, 0, Some(&t)), &[]),
+            &get_request(&target(&["a"], None, 0, Some(&t))),
             &good,
             &format!("bad claims {p}"),
         );
@@ -380,19 +343,13 @@ fn hand_built_hs256_token_is_accepted() {
     let t = jwt(
         r#"{"typ":"JWT","alg":"HS256"}"#,
         &payload(&["a"]),
-        hs256(KEY),
+        hs::<Hmac<Sha256>>(KEY),
     );
     let mut conn = server.http();
+    check_poll(&conn.request(&target(&["a"], None, 0, Some(&t))));
     check_poll(&ask(
         &mut conn,
-        &get_with(&target(&["a"], None, 0, Some(&t)), &[]),
-    ));
-    check_poll(&ask(
-        &mut conn,
-        &get_with(
-            &target(&["a"], None, 0, None),
-            &[("Authorization", &bearer(&t))],
-        ),
+        &bearer_request(&target(&["a"], None, 0, None), &t),
     ));
 }
 
@@ -404,16 +361,36 @@ fn alg_none_and_other_algorithms_are_401() {
     let none_empty = jwt(r#"{"alg":"none"}"#, &p, |_| Vec::new());
     let none_typ = jwt(r#"{"alg":"none","typ":"JWT"}"#, &p, |_| Vec::new());
     // `none` carrying a valid HS256 signature still names the wrong algorithm.
-    let none_signed = jwt(r#"{"alg":"none"}"#, &p, hs256(KEY));
+    let none_signed = jwt(r#"{"alg":"none"}"#, &p, hs::<Hmac<Sha256>>(KEY));
     let upper_none = jwt(r#"{"alg":"NONE"}"#, &p, |_| Vec::new());
-    let hs512_tok = jwt(r#"{"alg":"HS512","typ":"JWT"}"#, &p, hs512(KEY));
-    let hs384_tok = jwt(r#"{"alg":"HS384","typ":"JWT"}"#, &p, hs384(KEY));
+    let hs512_tok = jwt(
+        r#"{"alg":"HS512","typ":"JWT"}"#,
+        &p,
+        hs::<Hmac<Sha512>>(KEY),
+    );
+    let hs384_tok = jwt(
+        r#"{"alg":"HS384","typ":"JWT"}"#,
+        &p,
+        hs::<Hmac<Sha384>>(KEY),
+    );
     // The same key and an HS256 MAC, but the header lies about the algorithm.
-    let hs512_claiming = jwt(r#"{"alg":"HS512","typ":"JWT"}"#, &p, hs256(KEY));
-    let lower = jwt(r#"{"alg":"hs256","typ":"JWT"}"#, &p, hs256(KEY));
-    let rs256 = jwt(r#"{"alg":"RS256","typ":"JWT"}"#, &p, hs256(KEY));
-    let no_alg = jwt(r#"{"typ":"JWT"}"#, &p, hs256(KEY));
-    let alg_num = jwt(r#"{"alg":256}"#, &p, hs256(KEY));
+    let hs512_claiming = jwt(
+        r#"{"alg":"HS512","typ":"JWT"}"#,
+        &p,
+        hs::<Hmac<Sha256>>(KEY),
+    );
+    let lower = jwt(
+        r#"{"alg":"hs256","typ":"JWT"}"#,
+        &p,
+        hs::<Hmac<Sha256>>(KEY),
+    );
+    let rs256 = jwt(
+        r#"{"alg":"RS256","typ":"JWT"}"#,
+        &p,
+        hs::<Hmac<Sha256>>(KEY),
+    );
+    let no_alg = jwt(r#"{"typ":"JWT"}"#, &p, hs::<Hmac<Sha256>>(KEY));
+    let alg_num = jwt(r#"{"alg":256}"#, &p, hs::<Hmac<Sha256>>(KEY));
     let mut conn = server.http();
     for (name, t) in [
         ("none, empty signature", &none_empty),
@@ -461,21 +438,7 @@ fn wrong_key_and_tampered_tokens_are_401() {
         ("tampered payload", &tampered),
         ("flipped signature bit", &flipped),
     ] {
-        expect_401(
-            &mut conn,
-            &get_with(&target(&["a"], None, 0, Some(t)), &[]),
-            &good,
-            name,
-        );
-        expect_401(
-            &mut conn,
-            &get_with(
-                &target(&["a"], None, 0, None),
-                &[("Authorization", &bearer(t))],
-            ),
-            &good,
-            name,
-        );
+        expect_401_both_ways(&mut conn, t, &good, name);
     }
 }
 
@@ -488,7 +451,7 @@ fn expired_tokens_are_401() {
         let t = mint_with(KEY, &["a"], exp);
         expect_401(
             &mut conn,
-            &get_with(&target(&["a"], None, 0, Some(&t)), &[]),
+            &get_request(&target(&["a"], None, 0, Some(&t))),
             &good,
             &format!("exp {exp}"),
         );
@@ -498,17 +461,14 @@ fn expired_tokens_are_401() {
     // arrived before exp, so a slow machine cannot fail this), after exp it is 401.
     let exp = now_secs() + 3;
     let t = mint_with(KEY, &["a"], exp);
-    let r = ask(
-        &mut conn,
-        &get_with(&target(&["a"], None, 0, Some(&t)), &[]),
-    );
+    let r = conn.request(&target(&["a"], None, 0, Some(&t)));
     if token::unix_now() < exp as f64 {
         check_poll(&r);
     }
     wait_past(exp);
     expect_401(
         &mut conn,
-        &get_with(&target(&["a"], None, 0, Some(&t)), &[]),
+        &get_request(&target(&["a"], None, 0, Some(&t))),
         &good,
         "token past its exp",
     );
@@ -519,10 +479,7 @@ fn expired_tokens_are_401() {
     wait_past(claims.exp as u64);
     expect_401(
         &mut conn,
-        &get_with(
-            &target(&["a"], None, 0, None),
-            &[("Authorization", &bearer(&t))],
-        ),
+        &bearer_request(&target(&["a"], None, 0, None), &t),
         &good,
         "--ttl 1 token past its exp",
     );
@@ -578,27 +535,18 @@ fn ungranted_channel_is_403_and_keeps_the_connection() {
     let tok = lib_token(&["a", "b"]);
     let mut conn = server.http();
     for chans in [&["c"][..], &["a", "c"], &["c", "a", "b"]] {
-        let r = ask(
-            &mut conn,
-            &get_with(&target(chans, None, 0, Some(&tok)), &[]),
-        );
+        let r = conn.request(&target(chans, None, 0, Some(&tok)));
         check_error(&r, 403);
         still_alive(&mut conn, &tok, "a");
         let r = ask(
             &mut conn,
-            &get_with(
-                &target(chans, None, 0, None),
-                &[("Authorization", &bearer(&tok))],
-            ),
+            &bearer_request(&target(chans, None, 0, None), &tok),
         );
         check_error(&r, 403);
         still_alive(&mut conn, &tok, "b");
     }
     // A subset of the grants is fine.
-    check_poll(&ask(
-        &mut conn,
-        &get_with(&target(&["b", "a"], None, 0, Some(&tok)), &[]),
-    ));
+    check_poll(&conn.request(&target(&["b", "a"], None, 0, Some(&tok))));
 }
 
 #[test]
@@ -606,10 +554,7 @@ fn no_channel_named_subscribes_every_granted_channel() {
     let (server, _secret) = secret_server(b"correct horse battery staple\n", &[]);
     let tok = lib_token(&["a", "b", "c"]);
     let mut conn = server.http();
-    let start = check_poll(&ask(
-        &mut conn,
-        &get_with(&target(&[], None, 0, Some(&tok)), &[]),
-    ));
+    let start = check_poll(&conn.request(&target(&[], None, 0, Some(&tok))));
     assert_eq!(start.c, 0);
 
     // Published in this order; "d" is not granted and must not show up.
@@ -620,10 +565,7 @@ fn no_channel_named_subscribes_every_granted_channel() {
             want.push((id, ch));
         }
     }
-    let got = check_poll(&ask(
-        &mut conn,
-        &get_with(&target(&[], Some(&start.cursor), 0, Some(&tok)), &[]),
-    ));
+    let got = check_poll(&conn.request(&target(&[], Some(&start.cursor), 0, Some(&tok))));
     let seen: Vec<(String, &str)> = got
         .msgs
         .iter()
@@ -640,10 +582,7 @@ fn no_channel_named_subscribes_every_granted_channel() {
     // A parked poll without channel wakes for each granted channel, in turn.
     let mut cursor = got.cursor;
     for ch in ["c", "a", "b"] {
-        conn.send(get_with(
-            &target(&[], Some(&cursor), 30, None),
-            &[("Authorization", &bearer(&tok))],
-        ));
+        conn.send(bearer_request(&target(&[], Some(&cursor), 30, None), &tok));
         server.wait_parked(1);
         server.publish("d", "\"not granted\"");
         let id = server.publish(ch, "1");
@@ -665,50 +604,32 @@ fn secret_file_with_trailing_crlf_is_the_same_key() {
         let mut conn = server.http();
         // A library token for the bare key works...
         let t = lib_token(&["a"]);
-        check_poll(&ask(
-            &mut conn,
-            &get_with(&target(&["a"], None, 0, Some(&t)), &[]),
-        ));
+        check_poll(&conn.request(&target(&["a"], None, 0, Some(&t))));
         // ...and so does the CLI's token from the same file.
         let t = cli_token(&secret, &["a"], None);
-        check_poll(&ask(
-            &mut conn,
-            &get_with(&target(&["a"], None, 0, Some(&t)), &[]),
-        ));
+        check_poll(&conn.request(&target(&["a"], None, 0, Some(&t))));
         // Only one line ending is removed: a key that ends in a newline still differs.
         let t = mint_with(
             b"correct horse battery staple\r",
             &["a"],
             now_secs() + LONG_TTL,
         );
-        check_error(
-            &ask(
-                &mut conn,
-                &get_with(&target(&["a"], None, 0, Some(&t)), &[]),
-            ),
-            401,
-        );
+        check_error(&conn.request(&target(&["a"], None, 0, Some(&t))), 401);
     }
     // Two trailing newlines: the key keeps one.
     let (server, _secret) = secret_server(b"k\n\n", &[]);
     let mut conn = server.http();
     let t = mint_with(b"k\n", &["a"], now_secs() + LONG_TTL);
-    check_poll(&ask(
-        &mut conn,
-        &get_with(&target(&["a"], None, 0, Some(&t)), &[]),
-    ));
+    check_poll(&conn.request(&target(&["a"], None, 0, Some(&t))));
 }
 
 #[test]
 fn without_secret_sid_is_ignored_and_channel_required() {
     let server = Server::start(&[]);
     let mut conn = server.http();
-    let r = ask(
-        &mut conn,
-        &get_with(&target(&["a"], None, 0, Some("not.a.token")), &[]),
-    );
+    let r = conn.request(&target(&["a"], None, 0, Some("not.a.token")));
     check_poll(&r);
-    let r = ask(&mut conn, &get_with("/pns/poll?hold=0&sid=x.y.z", &[]));
+    let r = conn.request("/pns/poll?hold=0&sid=x.y.z");
     check_error(&r, 400);
 }
 
@@ -737,14 +658,8 @@ fn non_loopback_listen_needs_secret_or_allow_anonymous() {
     );
     let wild = wildcard_addr(&server);
     let mut conn = HttpConn::connect(wild);
-    check_error(
-        &ask(&mut conn, &get_with(&target(&["a"], None, 0, None), &[])),
-        401,
-    );
-    check_poll(&ask(
-        &mut conn,
-        &get_with(&target(&["a"], None, 0, Some(&lib_token(&["a"]))), &[]),
-    ));
+    check_error(&conn.request(&target(&["a"], None, 0, None)), 401);
+    check_poll(&conn.request(&target(&["a"], None, 0, Some(&lib_token(&["a"])))));
 }
 
 /// The `0.0.0.0` address of the startup line, reached through 127.0.0.1.
@@ -759,15 +674,9 @@ fn wildcard_addr(server: &Server) -> std::net::SocketAddr {
 
 fn anonymous_round_trip(server: &Server) {
     let mut conn = HttpConn::connect(wildcard_addr(server));
-    let a = check_poll(&ask(
-        &mut conn,
-        &get_with(&target(&["a"], None, 0, None), &[]),
-    ));
+    let a = check_poll(&conn.request(&target(&["a"], None, 0, None)));
     let id = server.publish("a", "\"open\"");
-    let got = check_poll(&ask(
-        &mut conn,
-        &get_with(&target(&["a"], Some(&a.cursor), 0, None), &[]),
-    ));
+    let got = check_poll(&conn.request(&target(&["a"], Some(&a.cursor), 0, None)));
     assert_eq!(got.ids(), vec![id]);
 }
 

@@ -110,6 +110,19 @@ impl Server {
     /// Like [`Server::start_full`] with a caller-chosen dir and socket path (used to test
     /// stale socket files).
     pub fn start_in(dir: TempDir, socket: PathBuf, before: &[&str], args: &[&str]) -> Server {
+        Server::start_in_with(dir, socket, before, args, |_| {})
+    }
+
+    /// Like [`Server::start_in`], with `configure` applied to the command before it is
+    /// spawned (e.g. a `pre_exec` hook). Its working dir and stdio are set afterwards: the
+    /// startup line and `stderr.log` depend on them.
+    pub fn start_in_with(
+        dir: TempDir,
+        socket: PathBuf,
+        before: &[&str],
+        args: &[&str],
+        configure: impl FnOnce(&mut Command),
+    ) -> Server {
         let mut cmd = Command::new(BIN);
         cmd.args(before)
             .arg("--listen")
@@ -117,6 +130,7 @@ impl Server {
             .arg("--publish-socket")
             .arg(&socket)
             .args(args);
+        configure(&mut cmd);
         let (child, line) = spawn_and_read_line(cmd, &dir);
         let line = match line {
             Some(line) => line,
@@ -165,25 +179,13 @@ impl Server {
 
     /// The stats object over a fresh publisher connection.
     pub fn stats(&self) -> Value {
-        let v = self.publisher().request(r#"{"op":"stats"}"#);
-        assert_eq!(v["ok"], Value::Bool(true), "stats answer: {v}");
-        v
+        self.publisher().stats()
     }
 
     /// Waits (bounded) until the stats field `key` equals `want`; returns the last stats.
+    /// Each sample uses a fresh publisher connection.
     pub fn wait_stat(&self, key: &str, want: u64) -> Value {
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            let s = self.stats();
-            if s[key].as_u64() == Some(want) {
-                return s;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "stats {key} never became {want}; last stats: {s}"
-            );
-            thread::sleep(POLL_PAUSE);
-        }
+        wait_for_stat(key, want, || self.stats())
     }
 
     /// Waits (bounded) until exactly `n` polls are parked.
@@ -249,6 +251,23 @@ impl Drop for Server {
                 eprintln!("{l}");
             }
         }
+    }
+}
+
+/// Samples stats with `sample` until the field `key` equals `want` (bounded by [`DEADLINE`],
+/// then a panic naming the key and the last stats); returns the last stats.
+fn wait_for_stat(key: &str, want: u64, mut sample: impl FnMut() -> Value) -> Value {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let s = sample();
+        if s[key].as_u64() == Some(want) {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "stats {key} never became {want} within {DEADLINE:?}; last stats: {s}"
+        );
+        thread::sleep(POLL_PAUSE);
     }
 }
 
@@ -451,9 +470,20 @@ pub fn poll_target(channels: &[&str], cursor: Option<&str>, hold: Option<u64>) -
     format!("/pns/poll?{}", parts.join("&"))
 }
 
+/// `GET TARGET HTTP/1.1` with a Host header, then one `Name: value` line per entry of
+/// `headers`, in order.
+pub fn get_with(target: &str, headers: &[(&str, &str)]) -> String {
+    let mut r = format!("GET {target} HTTP/1.1\r\nHost: pnsd.test\r\n");
+    for (n, v) in headers {
+        r.push_str(&format!("{n}: {v}\r\n"));
+    }
+    r.push_str("\r\n");
+    r
+}
+
 /// A plain `GET TARGET HTTP/1.1` request with a Host header.
 pub fn get_request(target: &str) -> String {
-    format!("GET {target} HTTP/1.1\r\nHost: pnsd.test\r\n\r\n")
+    get_with(target, &[])
 }
 
 /// One parsed HTTP answer.
@@ -1005,6 +1035,20 @@ impl Publisher {
             Value::String(channel.to_string())
         );
         ack_id(&self.request(&line))
+    }
+
+    /// The stats object over this connection; asserts `ok` is true.
+    pub fn stats(&mut self) -> Value {
+        let v = self.request(r#"{"op":"stats"}"#);
+        assert_eq!(v["ok"], Value::Bool(true), "stats answer: {v}");
+        v
+    }
+
+    /// Waits (bounded by [`DEADLINE`]) until the stats field `key` equals `want`, sampling over
+    /// this connection only (so it works while the server cannot accept a new one); returns
+    /// the last stats.
+    pub fn wait_stat(&mut self, key: &str, want: u64) -> Value {
+        wait_for_stat(key, want, || self.stats())
     }
 
     /// Waits (bounded) for EOF, returning the answer lines that came first.
