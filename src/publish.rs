@@ -480,6 +480,13 @@ impl Publisher {
     }
 
     fn stats_line(&self, out: &mut Vec<u8>) {
+        // The counters first: a poll counted as parked was linked into its reactor's waiters
+        // before it was counted (same thread), and that reactor answers the question below
+        // after that, so the channel of every poll counted here is among the channels listed.
+        let c = &self.hub.counters;
+        let connections = c.connections.load(Ordering::Relaxed);
+        let parked = c.parked.load(Ordering::Relaxed);
+        let delivered = c.delivered.load(Ordering::Relaxed);
         let mut names: BTreeSet<Box<str>> = BTreeSet::new();
         let (tx, rx) = mpsc::channel();
         let mut asked = 0;
@@ -499,16 +506,15 @@ impl Publisher {
         names.extend(st.channel_names().map(Box::from));
         let s = st.stats();
         drop(st);
-        let c = &self.hub.counters;
         out.extend_from_slice(
             format!(
                 "{{\"ok\":true,\"connections\":{},\"parked\":{},\"channels\":{},\"messages\":{},\"published\":{},\"delivered\":{}}}\n",
-                c.connections.load(Ordering::Relaxed),
-                c.parked.load(Ordering::Relaxed),
+                connections,
+                parked,
                 names.len(),
                 s.messages,
                 s.published,
-                c.delivered.load(Ordering::Relaxed),
+                delivered,
             )
             .as_bytes(),
         );
