@@ -8,7 +8,6 @@
 
 mod common;
 
-use std::io::Write;
 use std::net::TcpStream;
 use std::time::Duration;
 
@@ -63,7 +62,7 @@ fn drain_on(sig: i32) {
     if let Ok(stream) = TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
         let mut late = HttpConn::from_stream(stream);
         // The write may fail if the server already closed; the read below decides.
-        let _ = late.stream.write_all(get_request("/pns/health").as_bytes());
+        late.send_tolerant(get_request("/pns/health"));
         if let Ok(r) = late.try_read_response(DEADLINE) {
             check_error(&r, 503);
             assert!(r.header("retry-after").is_some());

@@ -317,20 +317,12 @@ fn garbage_without_line_end_is_refused_and_closed() {
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
         .filter(|b| *b != b'\n' && *b != b'\r')
         .collect();
-    let stream = TcpStream::connect(server.addr).expect("connect");
-    let writer = stream.try_clone().expect("clone");
-    let w = thread::spawn(move || {
-        let mut writer = writer;
-        let _ = writer.write_all(&junk);
-    });
-    let mut c = HttpConn::from_stream(stream);
-    let r = c.read_response_until_close();
+    let r = send_big(&server, junk);
     assert!(
         r.status == 400 || r.status == 431,
         "binary junk: wanted 400 or 431, got {r:?}"
     );
     check_error(&r, r.status);
-    w.join().expect("writer");
     victim_untouched(&server, &mut victim, &mut neighbour, "g2");
 }
 
@@ -510,33 +502,6 @@ fn a_client_that_never_reads_is_dropped_after_the_write_deadline() {
 // ---------------------------------------------------------------------------------------------
 // Hostile publishers
 
-/// A publish line of exactly `len` bytes (without its newline) on channel `ch`.
-fn line_of_len(ch: &str, len: usize) -> String {
-    let head = format!("{{\"channel\":\"{ch}\",\"data\":\"");
-    let tail = "\"}";
-    assert!(len >= head.len() + tail.len());
-    let l = format!("{head}{}{tail}", "x".repeat(len - head.len() - tail.len()));
-    assert_eq!(l.len(), len);
-    l
-}
-
-/// Every message on `channels` after `cursor`, following cursors, 100 per answer at most.
-fn drain_polls(server: &Server, channels: &[&str], cursor: &str, want: usize) -> Vec<Value> {
-    let mut c = server.http();
-    let mut cursor = cursor.to_string();
-    let mut out = Vec::new();
-    for _ in 0..want / 100 + 10 {
-        let a = check_poll(&c.request(&poll_target(channels, Some(&cursor), Some(0))));
-        assert!(!a.reset, "unexpected reset: {}", a.body);
-        if a.c == 0 {
-            break;
-        }
-        out.extend(a.msgs);
-        cursor = a.cursor;
-    }
-    out
-}
-
 #[test]
 fn long_lines_are_errors_and_the_connection_stays_usable() {
     let server = Server::start(&[]);
@@ -564,9 +529,9 @@ fn long_lines_are_errors_and_the_connection_stays_usable() {
     want.push(ack_id(&p.read_answer()));
 
     let got = drain_polls(&server, &["long"], &cursor, want.len());
-    let ids: Vec<&str> = got.iter().map(|m| m["id"].as_str().expect("id")).collect();
     assert_eq!(
-        ids, want,
+        ids_of(&got),
+        want,
         "exactly the accepted lines are published, in order"
     );
     assert_eq!(
@@ -621,8 +586,7 @@ fn invalid_utf8_and_invalid_json_are_errors_and_the_connection_stays_usable() {
     p.send("\n\r\n   \n");
     want.push(p.publish("bad", "\"last\""));
     let got = drain_polls(&server, &["bad"], &cursor, want.len());
-    let ids: Vec<&str> = got.iter().map(|m| m["id"].as_str().expect("id")).collect();
-    assert_eq!(ids, want);
+    assert_eq!(ids_of(&got), want);
     assert_eq!(server.stats()["published"], want.len() as u64);
 }
 
@@ -636,7 +600,7 @@ fn a_line_cut_by_a_disconnect_is_not_published() {
     let mut p = server.publisher();
     p.send("{\"channel\":\"cut\",\"data\":\"whole\"}\n{\"channel\":\"cut\",\"data\":\"half");
     want.push(ack_id(&p.read_answer()));
-    p.stream.shutdown(Shutdown::Write).expect("shutdown");
+    p.shutdown_write();
     let rest = p.read_until_eof();
     assert!(rest.is_empty(), "answers to a cut line: {rest:?}");
 
@@ -656,15 +620,14 @@ fn a_line_cut_by_a_disconnect_is_not_published() {
     // Only a partial line, then a half-close.
     let mut p = server.publisher();
     p.send("{\"channel\":\"cut\",\"data\":3}");
-    p.stream.shutdown(Shutdown::Write).expect("shutdown");
+    p.shutdown_write();
     assert!(p.read_until_eof().is_empty());
 
     // The server has handled the closes once the publishers are gone from its view; a marker
     // publish and a final read show exactly the complete lines.
     want.push(server.publish("cut", "\"marker\""));
     let got = drain_polls(&server, &["cut"], &cursor, want.len());
-    let ids: Vec<&str> = got.iter().map(|m| m["id"].as_str().expect("id")).collect();
-    assert_eq!(ids, want);
+    assert_eq!(ids_of(&got), want);
     assert_eq!(server.stats()["published"], 3);
     // Still nothing more a moment later (a late publish of a cut line would show here).
     thread::sleep(Duration::from_millis(500));
@@ -809,20 +772,14 @@ fn ten_thousand_pipelined_lines_are_acked_in_order_and_published_once() {
         }
     }
     // The two-channel lines on their second channel, and the concurrent publisher's.
-    let pipe2: Vec<String> = drain_polls(&server, &["pipe2"], &cursor, acked.len())
-        .iter()
-        .map(|m| m["id"].as_str().expect("id").to_string())
-        .collect();
+    let pipe2 = ids_of(&drain_polls(&server, &["pipe2"], &cursor, acked.len()));
     let want2: Vec<String> = acked
         .iter()
         .filter(|(_, i)| i % 3 == 1)
         .map(|(id, _)| id.clone())
         .collect();
     assert_eq!(pipe2, want2);
-    let others: Vec<String> = drain_polls(&server, &["other"], &cursor, CONCURRENT)
-        .iter()
-        .map(|m| m["id"].as_str().expect("id").to_string())
-        .collect();
+    let others = ids_of(&drain_polls(&server, &["other"], &cursor, CONCURRENT));
     assert_eq!(others, other_ids);
 
     // Both publishers together: one global order, each message once.
@@ -872,8 +829,7 @@ fn a_publisher_that_never_reads_its_acks_does_not_block_others() {
     // Another publisher and a subscriber are served meanwhile.
     let id = server.publish("calm", "\"still served\"");
     let got = drain_polls(&server, &["calm"], &cursor, 1);
-    let ids: Vec<&str> = got.iter().map(|m| m["id"].as_str().expect("id")).collect();
-    assert_eq!(ids, vec![id.as_str()]);
+    assert_eq!(ids_of(&got), vec![id]);
     round_trip(&server, "calm2");
     // Once it hangs up, everything it sent in full lines was published at most once each.
     drop(rude);

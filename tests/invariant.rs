@@ -103,11 +103,9 @@ struct Received {
     /// (id, channel label, data) in arrival order.
     msgs: Vec<(String, String, Value)>,
     resets: usize,
-    /// Every exchange, for the failure report: (cursor sent, ids received, cursor returned).
+    /// Every exchange (one per answer received), for the counts and the failure report:
+    /// (cursor sent, ids received, cursor returned).
     log: Vec<(String, Vec<String>, String)>,
-    /// Answers received, and how many of them were empty (hold expired).
-    answers: usize,
-    empty: usize,
     finished: bool,
 }
 
@@ -138,8 +136,6 @@ fn subscribe(
         msgs: Vec::new(),
         resets: 0,
         log: Vec::new(),
-        answers: 0,
-        empty: 0,
         finished: false,
     };
     while Instant::now() < deadline {
@@ -154,12 +150,8 @@ fn subscribe(
         let r = conn.read_response();
         assert!(!r.closes(), "subscriber {index}: keep-alive answer closes");
         let p = check_poll(&r);
-        out.answers += 1;
         if p.reset {
             out.resets += 1;
-        }
-        if p.c == 0 {
-            out.empty += 1;
         }
         let mut end = false;
         for m in &p.msgs {
@@ -310,8 +302,13 @@ fn run(name: &str, rg: &Regime) {
         assert_eq!(r.resets, 0, "{name}: subscriber {i} saw reset");
     }
     let deliveries: usize = received.iter().map(|r| r.msgs.len()).sum();
-    let answers: usize = received.iter().map(|r| r.answers).sum();
-    let empty: usize = received.iter().map(|r| r.empty).sum();
+    // Answers received, and how many of them were empty (hold expired).
+    let answers: usize = received.iter().map(|r| r.log.len()).sum();
+    let empty: usize = received
+        .iter()
+        .flat_map(|r| &r.log)
+        .filter(|(_, ids, _)| ids.is_empty())
+        .count();
     eprintln!(
         "{name}: {} messages, {} subscribers, {deliveries} deliveries in {answers} answers \
          ({empty} empty)",

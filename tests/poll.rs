@@ -173,14 +173,7 @@ fn ids_are_unique_across_channels_and_order_is_global() {
 fn at_most_100_messages_per_answer() {
     let s = Server::start(&["--threads", "2", "--buffer", "400"]);
     let c0 = s.cursor_now("a");
-    let mut pubr = s.publisher();
-    let n = 250;
-    let mut batch = String::new();
-    for i in 0..n {
-        batch.push_str(&format!("{{\"channel\":\"a\",\"data\":{i}}}\n"));
-    }
-    pubr.send(&batch);
-    let ids: Vec<String> = (0..n).map(|_| ack_id(&pubr.read_answer())).collect();
+    let ids = s.publisher().publish_pipelined("a", 250);
     let mut c = s.http();
     let mut cursor = c0;
     let mut got = Vec::new();
@@ -333,13 +326,7 @@ fn reset_answer_is_capped_at_100_and_continues_cleanly() {
     let a = Server::start(&["--threads", "1"]);
     let b = Server::start(&["--threads", "2", "--buffer", "300"]);
     let foreign = a.publish("a", "0");
-    let mut pb = b.publisher();
-    let mut batch = String::new();
-    for i in 0..250 {
-        batch.push_str(&format!("{{\"channel\":\"a\",\"data\":{i}}}\n"));
-    }
-    pb.send(&batch);
-    let ids: Vec<String> = (0..250).map(|_| ack_id(&pb.read_answer())).collect();
+    let ids = b.publisher().publish_pipelined("a", 250);
     let mut c = b.http();
     let p = check_poll(&c.request(&poll_target(&["a"], Some(&foreign), Some(0))));
     assert!(p.reset);

@@ -97,24 +97,15 @@ fn pipelined_lines_are_answered_in_order() {
         }
     }
     // The messages are held in that order.
-    let mut cursor = c0;
-    let mut seen = Vec::new();
-    let mut c = s.http();
-    loop {
-        let poll = check_poll(&c.request(&poll_target(&["a"], Some(&cursor), Some(0))));
-        assert!(!poll.reset, "{}", poll.raw);
-        if poll.c == 0 {
-            break;
-        }
-        for m in &poll.msgs {
-            seen.push((
+    let seen: Vec<(usize, String)> = drain_polls(&s, &["a"], &c0, ids.len())
+        .iter()
+        .map(|m| {
+            (
                 m["data"].as_u64().expect("index") as usize,
                 m["id"].as_str().expect("id").to_string(),
-            ));
-        }
-        cursor = poll.cursor;
-        assert!(seen.len() <= ids.len());
-    }
+            )
+        })
+        .collect();
     assert_eq!(seen, ids);
 }
 
@@ -152,25 +143,16 @@ fn several_publishers_at_once() {
         .map(|h| h.join().expect("publisher thread"))
         .collect();
     // Every ack is distinct; the poll sees all of them, each publisher's in its ack order.
-    let mut c = s.http();
-    let mut cursor = c0;
-    let mut seen: Vec<(u64, u64, String)> = Vec::new();
-    loop {
-        let poll = check_poll(&c.request(&poll_target(&["a"], Some(&cursor), Some(0))));
-        assert!(!poll.reset);
-        if poll.c == 0 {
-            break;
-        }
-        for m in &poll.msgs {
-            seen.push((
+    let seen: Vec<(u64, u64, String)> = drain_polls(&s, &["a"], &c0, 4 * per)
+        .iter()
+        .map(|m| {
+            (
                 m["data"]["p"].as_u64().expect("p"),
                 m["data"]["n"].as_u64().expect("n"),
                 m["id"].as_str().expect("id").to_string(),
-            ));
-        }
-        cursor = poll.cursor;
-        assert!(seen.len() <= 4 * per);
-    }
+            )
+        })
+        .collect();
     assert_eq!(seen.len(), 4 * per);
     for (k, ids) in per_pub.iter().enumerate() {
         let mine: Vec<&(u64, u64, String)> = seen.iter().filter(|t| t.0 == k as u64).collect();
@@ -290,27 +272,17 @@ fn data_null_and_unknown_fields_are_accepted() {
     assert_eq!(poll.msgs[2]["channel"], "a");
 }
 
-/// Start and end of a publish line to channel `big` whose data is a string of `x`.
-const BIG_HEAD: &str = "{\"channel\":\"big\",\"data\":\"";
-const BIG_TAIL: &str = "\"}";
-
-/// A publish line of exactly `len` bytes (without its newline).
-fn line_of(len: usize) -> String {
-    let pad = len - BIG_HEAD.len() - BIG_TAIL.len();
-    format!("{BIG_HEAD}{}{BIG_TAIL}", "x".repeat(pad))
-}
-
 #[test]
 fn line_limit_is_65536_bytes_and_the_connection_survives() {
     let s = Server::start(&["--threads", "1"]);
     let c0 = s.cursor_now("big");
     let mut p = s.publisher();
-    let exact = line_of(65_536);
+    let exact = line_of_len("big", 65_536);
     assert_eq!(exact.len(), 65_536);
     let id = ack_id(&p.request(&exact));
-    expect_bad_line(&mut p, line_of(65_537).as_bytes());
+    expect_bad_line(&mut p, line_of_len("big", 65_537).as_bytes());
     // A much longer line (1 MiB) too, followed at once by a good line in the same write.
-    let mut huge = line_of(1 << 20);
+    let mut huge = line_of_len("big", 1 << 20);
     huge.push('\n');
     huge.push_str("{\"channel\":\"big\",\"data\":\"after\"}\n");
     p.send(&huge);
@@ -320,7 +292,7 @@ fn line_limit_is_65536_bytes_and_the_connection_survives() {
     assert_eq!(poll.ids(), vec![id, after]);
     assert_eq!(
         poll.msgs[0]["data"].as_str().map(str::len),
-        Some(65_536 - BIG_HEAD.len() - BIG_TAIL.len())
+        Some(65_536 - "{\"channel\":\"big\",\"data\":\"\"}".len())
     );
 }
 
@@ -339,9 +311,7 @@ fn unterminated_last_line_is_not_published() {
     let c0 = s.cursor_now("a");
     let mut p = s.publisher();
     p.send("{\"channel\":\"a\",\"data\":1}\n{\"channel\":\"a\",\"data\":2}");
-    p.stream
-        .shutdown(std::net::Shutdown::Write)
-        .expect("shutdown");
+    p.shutdown_write();
     let lines = p.read_until_eof();
     assert_eq!(
         lines.len(),
@@ -468,27 +438,17 @@ fn a_publisher_hanging_up_mid_burst_disturbs_nobody() {
         last = now;
     }
     // Whatever part of the burst was accepted is a contiguous prefix, in order, each once.
-    let mut c = s.http();
-    let mut cursor = c0;
     let mut burst_seen = Vec::new();
     let mut other_seen = 0;
-    loop {
-        let poll = check_poll(&c.request(&poll_target(&["a"], Some(&cursor), Some(0))));
-        assert!(!poll.reset);
-        if poll.c == 0 {
-            break;
+    for m in &drain_polls(&s, &["a"], &c0, 200 + 1) {
+        if m["data"] == "other" {
+            assert_eq!(m["id"], id.as_str());
+            other_seen += 1;
+        } else {
+            burst_seen.push(m["data"].as_u64().expect("index"));
         }
-        for m in &poll.msgs {
-            if m["data"] == "other" {
-                assert_eq!(m["id"], id.as_str());
-                other_seen += 1;
-            } else {
-                burst_seen.push(m["data"].as_u64().expect("index"));
-            }
-        }
-        cursor = poll.cursor;
-        assert!(burst_seen.len() <= 200);
     }
+    assert!(burst_seen.len() <= 200);
     assert_eq!(other_seen, 1);
     let prefix: Vec<u64> = (0..burst_seen.len() as u64).collect();
     assert_eq!(

@@ -65,12 +65,6 @@ impl TempDir {
     }
 }
 
-impl Default for TempDir {
-    fn default() -> Self {
-        TempDir::new()
-    }
-}
-
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.path);
@@ -514,11 +508,17 @@ impl Response {
             .collect()
     }
 
+    /// True when some header named `name` lists `token` in its comma-separated value (both
+    /// compared case-insensitively).
+    pub fn has_token(&self, name: &str, token: &str) -> bool {
+        self.header_all(name)
+            .iter()
+            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    }
+
     /// True when a `Connection` header carries the `close` token.
     pub fn closes(&self) -> bool {
-        self.header_all("connection")
-            .iter()
-            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")))
+        self.has_token("connection", "close")
     }
 
     pub fn body_text(&self) -> String {
@@ -630,43 +630,34 @@ impl HttpConn {
         self.read_response()
     }
 
-    /// Reads once into the buffer. `Ok(false)` = nothing within this slice, `Ok(true)` = got
-    /// bytes or EOF (see `self.eof`). A reset counts as EOF: answers sent before it were
+    /// Reads once into the buffer, waiting at most one read slice: appends any bytes that
+    /// arrived and sets `self.eof` at EOF. A reset counts as EOF: answers sent before it were
     /// already read or are lost either way.
-    fn fill_once(&mut self) -> bool {
+    fn fill_once(&mut self) {
         let mut chunk = [0u8; 16384];
         match self.stream.read(&mut chunk) {
-            Ok(0) => {
-                self.eof = true;
-                true
-            }
-            Ok(n) => {
-                self.buf.extend_from_slice(&chunk[..n]);
-                true
-            }
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => false,
-            Err(e) if e.kind() == ErrorKind::Interrupted => false,
+            Ok(0) => self.eof = true,
+            Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                ) => {}
             Err(e)
                 if matches!(
                     e.kind(),
                     ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted
                 ) =>
             {
-                self.eof = true;
-                true
+                self.eof = true
             }
             Err(e) => panic!("read failed: {e}"),
         }
     }
 
-    /// Reads one complete answer within [`DEADLINE`].
+    /// Reads one complete answer within [`DEADLINE`], panicking otherwise.
     pub fn read_response(&mut self) -> Response {
-        self.read_response_within(DEADLINE)
-    }
-
-    /// Reads one complete answer within `within`, panicking otherwise.
-    pub fn read_response_within(&mut self, within: Duration) -> Response {
-        match self.try_read_response(within) {
+        match self.try_read_response(DEADLINE) {
             Ok(r) => r,
             Err(e) => panic!("{e}"),
         }
@@ -793,11 +784,15 @@ pub struct PollAnswer {
 
 impl PollAnswer {
     pub fn ids(&self) -> Vec<String> {
-        self.msgs
-            .iter()
-            .map(|m| m["id"].as_str().expect("id").to_string())
-            .collect()
+        ids_of(&self.msgs)
     }
+}
+
+/// The `id` of every message, in order (each must be a string).
+pub fn ids_of(msgs: &[Value]) -> Vec<String> {
+    msgs.iter()
+        .map(|m| m["id"].as_str().expect("id").to_string())
+        .collect()
 }
 
 /// Checks every rule a `200` poll answer must satisfy and returns its parts: status 200,
@@ -884,6 +879,25 @@ pub fn check_poll(resp: &Response) -> PollAnswer {
     }
 }
 
+/// Every message on `channels` after `cursor`, following cursors with `hold=0` polls on one
+/// connection until an empty answer, 100 per answer at most; asserts no answer is a reset.
+/// `want` (the messages expected) only bounds the number of polls.
+pub fn drain_polls(server: &Server, channels: &[&str], cursor: &str, want: usize) -> Vec<Value> {
+    let mut c = server.http();
+    let mut cursor = cursor.to_string();
+    let mut out = Vec::new();
+    for _ in 0..want / 100 + 10 {
+        let a = check_poll(&c.request(&poll_target(channels, Some(&cursor), Some(0))));
+        assert!(!a.reset, "unexpected reset: {}", a.body);
+        if a.c == 0 {
+            break;
+        }
+        out.extend(a.msgs);
+        cursor = a.cursor;
+    }
+    out
+}
+
 /// Asserts `Content-Type: application/json` (parameters such as a charset allowed).
 pub fn check_json_type(resp: &Response) {
     let ct = resp
@@ -966,6 +980,11 @@ impl Publisher {
 
     pub fn send(&mut self, bytes: impl AsRef<[u8]>) {
         self.stream.write_all(bytes.as_ref()).expect("write line");
+    }
+
+    /// Half-closes the connection: the server sees EOF after what was sent.
+    pub fn shutdown_write(&self) {
+        self.stream.shutdown(Shutdown::Write).expect("shutdown");
     }
 
     fn fill_once(&mut self) {
@@ -1051,6 +1070,17 @@ impl Publisher {
         wait_for_stat(key, want, || self.stats())
     }
 
+    /// Publishes `{"channel":CH,"data":i}` for `i` in `0..n` as one pipelined write, then
+    /// reads the `n` acks; returns their ids in order.
+    pub fn publish_pipelined(&mut self, channel: &str, n: usize) -> Vec<String> {
+        let ch = Value::String(channel.to_string());
+        let batch: String = (0..n)
+            .map(|i| format!("{{\"channel\":{ch},\"data\":{i}}}\n"))
+            .collect();
+        self.send(&batch);
+        (0..n).map(|_| ack_id(&self.read_answer())).collect()
+    }
+
     /// Waits (bounded) for EOF, returning the answer lines that came first.
     pub fn read_until_eof(&mut self) -> Vec<String> {
         let mut lines = Vec::new();
@@ -1073,6 +1103,17 @@ pub fn ack_id(v: &Value) -> String {
         .unwrap_or_else(|| panic!("ack without string id: {v}"));
     assert!(!id.is_empty(), "empty id: {v}");
     id.to_string()
+}
+
+/// A publish line of exactly `len` bytes (without its newline) on channel `ch` (a name that
+/// needs no JSON escaping), whose data is a string of `x`.
+pub fn line_of_len(ch: &str, len: usize) -> String {
+    let head = format!("{{\"channel\":\"{ch}\",\"data\":\"");
+    let tail = "\"}";
+    assert!(len >= head.len() + tail.len());
+    let l = format!("{head}{}{tail}", "x".repeat(len - head.len() - tail.len()));
+    assert_eq!(l.len(), len);
+    l
 }
 
 /// Asserts `v` is an error line `{"ok":false,"error":"..."}` and returns the error text.
