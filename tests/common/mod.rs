@@ -265,6 +265,37 @@ fn wait_for_stat(key: &str, want: u64, mut sample: impl FnMut() -> Value) -> Val
     }
 }
 
+/// One read from a stream with a read timeout: appends what arrived to `buf`; true at EOF. A
+/// reset counts as EOF (answers sent before it were already read or are lost either way); a
+/// timeout is no news; any other error fails the test, naming `what`.
+fn read_some(stream: &mut impl Read, buf: &mut Vec<u8>, what: &str) -> bool {
+    let mut chunk = [0u8; 16384];
+    match stream.read(&mut chunk) {
+        Ok(0) => true,
+        Ok(n) => {
+            buf.extend_from_slice(&chunk[..n]);
+            false
+        }
+        Err(e)
+            if matches!(
+                e.kind(),
+                ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+            ) =>
+        {
+            false
+        }
+        Err(e)
+            if matches!(
+                e.kind(),
+                ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted
+            ) =>
+        {
+            true
+        }
+        Err(e) => panic!("{what} failed: {e}"),
+    }
+}
+
 fn read_text(path: &Path) -> String {
     std::fs::read(path)
         .map(|b| String::from_utf8_lossy(&b).into_owned())
@@ -630,29 +661,9 @@ impl HttpConn {
         self.read_response()
     }
 
-    /// Reads once into the buffer, waiting at most one read slice: appends any bytes that
-    /// arrived and sets `self.eof` at EOF. A reset counts as EOF: answers sent before it were
-    /// already read or are lost either way.
+    /// Reads once into the buffer, waiting at most one read slice (see [`read_some`]).
     fn fill_once(&mut self) {
-        let mut chunk = [0u8; 16384];
-        match self.stream.read(&mut chunk) {
-            Ok(0) => self.eof = true,
-            Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
-                ) => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted
-                ) =>
-            {
-                self.eof = true
-            }
-            Err(e) => panic!("read failed: {e}"),
-        }
+        self.eof |= read_some(&mut self.stream, &mut self.buf, "read");
     }
 
     /// Reads one complete answer within [`DEADLINE`], panicking otherwise.
@@ -987,19 +998,9 @@ impl Publisher {
         self.stream.shutdown(Shutdown::Write).expect("shutdown");
     }
 
+    /// Reads once into the buffer, waiting at most one read slice (see [`read_some`]).
     fn fill_once(&mut self) {
-        let mut chunk = [0u8; 16384];
-        match self.stream.read(&mut chunk) {
-            Ok(0) => self.eof = true,
-            Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
-                ) => {}
-            Err(e) if e.kind() == ErrorKind::ConnectionReset => self.eof = true,
-            Err(e) => panic!("publisher read failed: {e}"),
-        }
+        self.eof |= read_some(&mut self.stream, &mut self.buf, "publisher read");
     }
 
     /// The next answer line (without its newline), or `None` at EOF; bounded by [`DEADLINE`].
