@@ -258,9 +258,18 @@ fn stale_socket_file_is_replaced() {
     }
     assert!(sock.exists());
     let s = Server::start_in(dir, sock, &[], &["--threads", "1"]);
-    let c0 = s.cursor_now("a");
-    let id = s.publish("a", "\"x\"");
-    let p = check_poll(&s.http().request(&poll_target(&["a"], Some(&c0), Some(0))));
+    assert_publishing_reaches_pollers(&s);
+}
+
+/// Publishes once through `server`'s socket path; a poll from just before gets exactly it.
+fn assert_publishing_reaches_pollers(server: &Server) {
+    let c0 = server.cursor_now("a");
+    let id = server.publish("a", "\"x\"");
+    let p = check_poll(
+        &server
+            .http()
+            .request(&poll_target(&["a"], Some(&c0), Some(0))),
+    );
     assert_eq!(p.ids(), vec![id]);
 }
 
@@ -499,10 +508,7 @@ fn an_exiting_server_leaves_the_next_servers_socket_alone() {
     stop(&mut a);
     let meta = std::fs::symlink_metadata(&b.socket).expect("B's socket file survives A's exit");
     assert!(meta.file_type().is_socket());
-    let c0 = b.cursor_now("a");
-    let id = b.publish("a", "\"after A left\"");
-    let p = check_poll(&b.http().request(&poll_target(&["a"], Some(&c0), Some(0))));
-    assert_eq!(p.ids(), vec![id]);
+    assert_publishing_reaches_pollers(&b);
 }
 
 #[test]
