@@ -68,7 +68,12 @@ fn parse_one(item: &Value) -> Result<Entry, BadEntry> {
         match k {
             "c" => channels = Some(v),
             "m" => time_ms = Some(v.parse().map_err(|_| bad(Some(seq), "m is not ms"))?),
-            "t" => kind = Some(v.parse().map_err(|_| bad(Some(seq), "t is not an integer"))?),
+            "t" => {
+                kind = Some(
+                    v.parse()
+                        .map_err(|_| bad(Some(seq), "t is not an integer"))?,
+                )
+            }
             "d" => data = Some(v),
             _ => {}
         }
@@ -76,7 +81,11 @@ fn parse_one(item: &Value) -> Result<Entry, BadEntry> {
     let (Some(c), Some(time_ms), Some(d)) = (channels, time_ms, data) else {
         return Err(bad(Some(seq), "c, m or d missing"));
     };
-    let channels: Box<[Box<str>]> = c.split(',').filter(|s| !s.is_empty()).map(Box::from).collect();
+    let channels: Box<[Box<str>]> = c
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(Box::from)
+        .collect();
     if channels.is_empty() {
         return Err(bad(Some(seq), "no channel"));
     }
@@ -134,7 +143,10 @@ mod tests {
         let reply = Value::Array(vec![Value::Array(vec![
             bulk("p:log"),
             Value::Array(vec![
-                item("7-0", &["c", "a,b", "m", "1000", "t", "-3", "d", "{\"x\":1}"]),
+                item(
+                    "7-0",
+                    &["c", "a,b", "m", "1000", "t", "-3", "d", "{\"x\":1}"],
+                ),
                 item("8-0", &["c", "a", "m", "1001", "d", "\"s\""]),
                 item("9-1", &["c", "a", "m", "1", "d", "1"]),
                 item("10-0", &["c", "a", "d", "1"]),

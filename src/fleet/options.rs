@@ -198,7 +198,13 @@ mod tests {
 
     #[test]
     fn refuses_other_schemes() {
-        for bad in ["http://h:1", "rediss://h:6379", "h:6379", "", "redis://:x@[::1"] {
+        for bad in [
+            "http://h:1",
+            "rediss://h:6379",
+            "h:6379",
+            "",
+            "redis://:x@[::1",
+        ] {
             assert!(RedisUrl::parse(bad).is_err(), "{bad}");
         }
     }

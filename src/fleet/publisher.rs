@@ -154,7 +154,9 @@ impl FleetPublisher {
             .arg(script::SOURCE)
             .query(&mut con)?;
         if sha != self.script.sha() {
-            return Err(super::epoch::redis_error("SCRIPT LOAD answered another SHA1"));
+            return Err(super::epoch::redis_error(
+                "SCRIPT LOAD answered another SHA1",
+            ));
         }
         Ok(con)
     }
@@ -242,8 +244,13 @@ mod tests {
 
     #[test]
     fn error_texts_say_what_happened() {
-        assert_eq!(PublishError::NoLink.to_string(), "not sent: no link to redis");
-        assert!(PublishError::Unknown.to_string().starts_with("outcome unknown"));
+        assert_eq!(
+            PublishError::NoLink.to_string(),
+            "not sent: no link to redis"
+        );
+        assert!(PublishError::Unknown
+            .to_string()
+            .starts_with("outcome unknown"));
         assert_eq!(
             PublishError::Refused("x".into()).to_string(),
             "not appended: x"
