@@ -557,3 +557,45 @@ fn a_starting_node_backfills_only_entries_younger_than_the_message_ttl() {
     assert_eq!(epochs(&all.sink.events()), [(a.epoch(), 0)]);
     assert_eq!(seqs(&all.sink.applied()), (1..=10).collect::<Vec<u64>>());
 }
+
+#[test]
+fn a_counter_that_went_back_starts_a_new_epoch() {
+    let Some(redis) = RedisServer::start("fleet_redis::rollback") else {
+        return;
+    };
+    let opts = options(&redis);
+    let mut a = Node::start(&opts);
+    let old = a.epoch();
+    a.publish_ok(&(0..5).map(|i| numbered(i, true)).collect::<Vec<_>>());
+    a.wait_applied(5);
+    // What a restart from an older snapshot leaves behind: the log and its counter back at 3,
+    // the epoch key unchanged. Entries 4 and 5 were seen by this node and are gone.
+    let _: u64 = redis.cmd(&["XDEL", "pnsd:log", "4-0", "5-0"]);
+    let _: () = redis.cmd(&["XSETID", "pnsd:log", "3-0"]);
+    let _: () = redis.cmd(&["SET", "pnsd:seq", "3"]);
+    // Line 4 (key k4, first at seq 5, now lost) is retried until the fleet moved on: a
+    // refusal says Redis lost data and appends nothing; the key naming a lost seq is not
+    // taken for a repeat.
+    let first = loop {
+        match a.publish(&[numbered(4, true)]).remove(0) {
+            Ok(p) => break p,
+            Err(PublishError::Refused(why)) => assert!(why.contains("lost data"), "{why}"),
+            Err(e) => panic!("{e}"),
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_ne!(first.epoch, old);
+    assert_eq!((first.seq, first.duplicate), (4, false));
+    a.wait_applied(4);
+    let ev = a.sink.events();
+    let at = ev.iter().position(|e| *e == Event::Epoch(first.epoch, 0));
+    let after: Vec<u64> = seqs(&applied(&ev[at.expect("the new epoch announced") + 1..]));
+    assert_eq!(
+        after,
+        [1, 2, 3, 4],
+        "the surviving entries again, under the new epoch"
+    );
+    assert_eq!(epochs(&ev).len(), 2);
+    let stored: String = redis.cmd(&["GET", "pnsd:epoch"]);
+    assert_eq!(stored, fleet::format_epoch(first.epoch));
+}

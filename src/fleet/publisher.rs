@@ -24,8 +24,9 @@ use std::time::Instant;
 
 use redis::{Connection, RedisResult, Value};
 
+use super::epoch;
 use super::link::{self, LinkLog};
-use super::options::FleetOptions;
+use super::options::{FleetOptions, Keys};
 use super::script::{self, PublishLine, PublishScript, Reply};
 use super::state::FeedState;
 
@@ -58,6 +59,18 @@ impl fmt::Display for PublishError {
     }
 }
 
+/// Why a line is refused when Redis lost data.
+const LOST: &str = "redis lost data and the fleet is taking a new epoch; retry";
+
+/// What a refusal asks of the epoch.
+#[derive(Debug, Clone, Copy)]
+enum Repair {
+    /// The epoch key is gone: create one.
+    Create,
+    /// `P:seq` went back under this epoch: replace it.
+    Bump(u64),
+}
+
 /// The result of one line.
 pub type LineResult = Result<Published, PublishError>;
 
@@ -72,18 +85,22 @@ pub struct FleetPublisher {
     retry_at: Option<Instant>,
     log: LinkLog,
     out: Vec<u8>,
+    keys: Keys,
+    repair: Option<Repair>,
 }
 
 impl FleetPublisher {
     pub fn new(opts: FleetOptions, feed: Arc<FeedState>) -> FleetPublisher {
         FleetPublisher {
             script: PublishScript::new(&opts),
+            keys: opts.keys(),
             log: LinkLog::new(&format!("{} (publisher)", opts.url.display())),
             opts,
             feed,
             con: None,
             retry_at: None,
             out: Vec::new(),
+            repair: None,
         }
     }
 
@@ -116,7 +133,25 @@ impl FleetPublisher {
             }
             todo = again;
         }
+        self.repair_epoch();
         results
+    }
+
+    /// Redis told a line it lost data: take the new epoch now rather than when the feed next
+    /// looks (the feed adopts it after its next read). Both steps are safe to race with other
+    /// nodes (`SET NX`, compare-and-set).
+    fn repair_epoch(&mut self) {
+        let (Some(repair), Some((con, _))) = (self.repair.take(), self.con.as_mut()) else {
+            return;
+        };
+        let done = match repair {
+            Repair::Create => epoch::ensure(con, &self.keys),
+            Repair::Bump(stale) => epoch::bump(con, &self.keys, stale),
+        };
+        if let Err(e) = done {
+            self.con = None;
+            self.log.down(&e);
+        }
     }
 
     /// Opens the connection if there is none (and no recent failure); true when there is one.
@@ -154,9 +189,7 @@ impl FleetPublisher {
             .arg(script::SOURCE)
             .query(&mut con)?;
         if sha != self.script.sha() {
-            return Err(super::epoch::redis_error(
-                "SCRIPT LOAD answered another SHA1",
-            ));
+            return Err(epoch::redis_error("SCRIPT LOAD answered another SHA1"));
         }
         Ok(con)
     }
@@ -219,9 +252,16 @@ impl FleetPublisher {
                     Err(PublishError::Unknown)
                 }
                 Reply::NoScript => Err(PublishError::Refused("the script is not loaded".into())),
-                Reply::NoEpoch | Reply::Epoch(_) | Reply::Rollback => Err(PublishError::Refused(
-                    "redis lost data and the fleet is taking a new epoch; retry".into(),
-                )),
+                Reply::NoEpoch => {
+                    self.repair = Some(Repair::Create);
+                    Err(PublishError::Refused(LOST.into()))
+                }
+                Reply::Rollback => {
+                    self.repair = Some(Repair::Bump(pos.epoch));
+                    Err(PublishError::Refused(LOST.into()))
+                }
+                // Another node took the new epoch already; the feed adopts it on its next read.
+                Reply::Epoch(_) => Err(PublishError::Refused(LOST.into())),
                 Reply::Failed(why) => Err(PublishError::Refused(why)),
             };
         }
