@@ -12,9 +12,9 @@ use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo};
 
 /// Key prefix when `--redis-prefix` is not given.
 pub const DEFAULT_PREFIX: &str = "pnsd";
-/// `--redis-maxlen` default: at ~100 bytes of data an entry costs a few hundred bytes of Redis
-/// memory (see tuning.md), so a million entries is a few hundred MB, and at 10,000 msg/s it
-/// still covers the 10 min default message TTL.
+/// `--redis-maxlen` default: an entry of ~60 bytes of data costs ~100 bytes of Redis memory
+/// (~230 with an idempotency key; `benches/fleet_redis.rs`), so a million entries is 100-250
+/// MB, and at 1,600 msg/s the log still covers the 10 min default message TTL.
 pub const DEFAULT_MAXLEN: u64 = 1_000_000;
 /// `--dedup-window` default (seconds): a publisher retrying for longer than 10 min has lost
 /// track anyway, and each remembered key costs Redis one small string.

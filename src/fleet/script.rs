@@ -1,12 +1,17 @@
 //! The publish script (`publish.lua`): how a publish is packed into an `EVALSHA` and what its
 //! reply means.
 //!
-//! Contract of the script, all in one atomic step on the Redis side: refuse unless `P:epoch`
-//! holds the caller's epoch and `P:seq` is not below the highest seq the caller has seen (else
-//! Redis lost data); a repeat of an idempotency key within the window answers the first seq and
-//! appends nothing; otherwise `INCR P:seq` and `XADD P:log MAXLEN ~ N <seq>-0` with the entry's
-//! fields (see `entry`), the time taken from Redis `TIME` so every node agrees, and remember
-//! the key for the window. Nothing is written when it refuses.
+//! Contract of the script, all in one atomic step on the Redis side:
+//! 1. refuse (`PNSD_NOEPOCH`, `PNSD_EPOCH <current>`) unless `P:epoch` holds the caller's epoch;
+//! 2. refuse (`PNSD_ROLLBACK <P:seq>`) if `P:seq` is below the highest seq the caller has seen
+//!    in that epoch: Redis lost recent data;
+//! 3. a repeat of an idempotency key within the window answers `{first seq, 1}` and appends
+//!    nothing (a key naming a seq above `P:seq` outlived a loss of data and is ignored);
+//! 4. otherwise `XADD P:log MAXLEN ~ N <P:seq + 1>-0` with the entry's fields (see `entry`),
+//!    the time taken from Redis `TIME` so every node agrees, then `INCR P:seq`, then remember
+//!    the key for the window (`SET P:key:K seq EX window`); answer `{seq, 0}`.
+//!
+//! Nothing is written when it refuses, and nothing when `XADD` fails (it runs first).
 //!
 //! Invariants: a script is called by its SHA1 only (`EVALSHA`); `NOSCRIPT` means it did not
 //! run, so the caller may load it and send the same line again without risk of a double append.
