@@ -229,6 +229,25 @@ fn numbered(n: usize, keyed: bool) -> PublishLine {
     )
 }
 
+fn numbered_lines(range: std::ops::Range<usize>, keyed: bool) -> Vec<PublishLine> {
+    range.map(|i| numbered(i, keyed)).collect()
+}
+
+/// A node that published lines 0..5 (keyed) and applied them; returns it and its epoch.
+fn node_with_five(redis: &RedisServer) -> (Node, u64) {
+    let mut a = Node::start(&options(redis));
+    let epoch = a.epoch();
+    assert_eq!(a.publish_ok(&numbered_lines(0..5, true)), [1, 2, 3, 4, 5]);
+    a.wait_applied(5);
+    (a, epoch)
+}
+
+/// `P:epoch` holds `epoch`.
+fn assert_stored_epoch(redis: &RedisServer, epoch: u64) {
+    let stored: String = redis.cmd(&["GET", "pnsd:epoch"]);
+    assert_eq!(stored, fleet::format_epoch(epoch));
+}
+
 fn number_of(e: &Entry) -> usize {
     let v: serde_json::Value = serde_json::from_str(&e.data).unwrap();
     v["i"].as_u64().unwrap() as usize
@@ -268,8 +287,7 @@ fn publishes_come_back_in_order_with_dense_seqs_on_every_node() {
     }
     assert!(entries.windows(2).all(|w| w[0].time_ms <= w[1].time_ms));
     assert_eq!(epochs(&a.sink.events()), [(a.epoch(), 0)]);
-    let stored: String = redis.cmd(&["GET", "pnsd:epoch"]);
-    assert_eq!(stored, fleet::format_epoch(a.epoch()));
+    assert_stored_epoch(&redis, a.epoch());
     assert_eq!(redis.cmd::<u64>(&["XLEN", "pnsd:log"]), 100);
 
     // A second node takes the same epoch and reads the same log; its publishes continue it.
@@ -510,11 +528,7 @@ fn flushall_starts_a_new_epoch() {
     let Some(redis) = RedisServer::start("fleet_redis::flushall") else {
         return;
     };
-    let opts = options(&redis);
-    let mut a = Node::start(&opts);
-    let old = a.epoch();
-    a.publish_ok(&(0..5).map(|i| numbered(i, true)).collect::<Vec<_>>());
-    a.wait_applied(5);
+    let (mut a, old) = node_with_five(&redis);
     let _: () = redis.cmd(&["FLUSHALL"]);
     let (new, start) = a
         .sink
@@ -526,8 +540,7 @@ fn flushall_starts_a_new_epoch() {
     let p = a.publish(&[numbered(0, true)]).remove(0).unwrap();
     assert_eq!((p.epoch, p.seq, p.duplicate), (new, 1, false));
     a.wait_applied(1);
-    let stored: String = redis.cmd(&["GET", "pnsd:epoch"]);
-    assert_eq!(stored, fleet::format_epoch(new));
+    assert_stored_epoch(&redis, new);
 }
 
 #[test]
@@ -537,10 +550,10 @@ fn a_starting_node_backfills_only_entries_younger_than_the_message_ttl() {
     };
     let opts = options(&redis);
     let mut a = Node::start(&opts);
-    a.publish_ok(&(0..5).map(|i| numbered(i, false)).collect::<Vec<_>>());
+    a.publish_ok(&numbered_lines(0..5, false));
     // Redis's clock must move past the TTL below between the two groups.
     std::thread::sleep(Duration::from_millis(1500));
-    a.publish_ok(&(5..10).map(|i| numbered(i, false)).collect::<Vec<_>>());
+    a.publish_ok(&numbered_lines(5..10, false));
 
     let young = Node::start_with(&opts, &opts, 1000);
     let (_, start) = epochs(&young.sink.events())[0];
@@ -565,11 +578,7 @@ fn a_counter_that_went_back_starts_a_new_epoch() {
     let Some(redis) = RedisServer::start("fleet_redis::rollback") else {
         return;
     };
-    let opts = options(&redis);
-    let mut a = Node::start(&opts);
-    let old = a.epoch();
-    a.publish_ok(&(0..5).map(|i| numbered(i, true)).collect::<Vec<_>>());
-    a.wait_applied(5);
+    let (mut a, old) = node_with_five(&redis);
     // What a restart from an older snapshot leaves behind: the log and its counter back at 3,
     // the epoch key unchanged. Entries 4 and 5 were seen by this node and are gone.
     let _: u64 = redis.cmd(&["XDEL", "pnsd:log", "4-0", "5-0"]);
@@ -598,6 +607,5 @@ fn a_counter_that_went_back_starts_a_new_epoch() {
         "the surviving entries again, under the new epoch"
     );
     assert_eq!(epochs(&ev).len(), 2);
-    let stored: String = redis.cmd(&["GET", "pnsd:epoch"]);
-    assert_eq!(stored, fleet::format_epoch(first.epoch));
+    assert_stored_epoch(&redis, first.epoch);
 }

@@ -37,7 +37,8 @@ pub struct FeedStats {
 /// What a wait for an entry's visibility ended with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Applied {
-    /// The node's store holds the entry (or a later position of the same epoch).
+    /// The node's store holds the entry, or the feed is past it in the same epoch (an entry
+    /// trimmed before this node read it was announced as a gap, which resets older cursors).
     Yes,
     /// The fleet moved to another epoch first: the entry's log is gone.
     EpochChanged,
