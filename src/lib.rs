@@ -11,6 +11,7 @@
 //! - `wheel`: the hashed timer wheel of hold, head, idle and write deadlines;
 //! - `store`, `cursor`: channel buffers, the global message order and cursors;
 //! - `publish`: the Unix publish socket (NDJSON) and its thread;
+//! - `fleet`: fleet mode's Redis side (the log, the epoch, the publisher client, the feed thread);
 //! - `backoff`: accept back-off on EMFILE; `hub`: what the threads share; `pool`: read buffers; `cli`, `client`, `config`.
 
 pub mod backoff;
@@ -19,6 +20,7 @@ pub mod client;
 pub mod config;
 pub mod conn;
 pub mod cursor;
+pub mod fleet;
 pub mod http;
 pub mod hub;
 pub mod poll;

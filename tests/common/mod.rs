@@ -4,7 +4,7 @@
 //! publish socket in a private temp dir and reads its startup line; [`HttpConn`] speaks raw
 //! HTTP/1.1 over a `TcpStream` and parses answers with `httparse`, so keep-alive and pipelining
 //! can be checked byte for byte; [`Publisher`] speaks the NDJSON publish protocol over the Unix
-//! socket.
+//! socket. [`redis_server::RedisServer`] runs a private `redis-server` for fleet-mode tests.
 //!
 //! Invariants: every wait is bounded (socket reads use a short read timeout and re-check a
 //! deadline; child processes are polled with `try_wait` until a deadline, then killed); every
@@ -24,6 +24,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+
+/// A private `redis-server` per test (fleet mode), skipped loudly when it is not installed.
+pub mod redis_server;
 
 /// The binary under test, built by cargo for this test run.
 pub const BIN: &str = env!("CARGO_BIN_EXE_pnsd");
