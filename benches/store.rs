@@ -47,30 +47,30 @@ fn main() {
 
     // Append to one hot channel (ring full: every append evicts).
     let one = names(1);
-    let mut s = Store::new(1, BUFFER, TTL_MS);
+    let mut s = Store::new(1, BUFFER, TTL_MS, 1 << 20);
     const N: u32 = 200_000;
     best("publish, one channel, ring full", N, |_| {
-        black_box(s.publish(one[0].clone(), Some(70), DATA, 0));
+        black_box(s.publish(one[0].clone(), Some(70), DATA, 0).ok());
     });
 
     // Append spread over 10,000 channels (hash lookups, cold rings).
     let many = names(10_000);
-    let mut s = Store::new(1, BUFFER, TTL_MS);
+    let mut s = Store::new(1, BUFFER, TTL_MS, 1 << 20);
     best("publish, 10,000 channels round-robin", N, |i| {
-        black_box(s.publish(many[i % many.len()].clone(), None, DATA, 0));
+        black_box(s.publish(many[i % many.len()].clone(), None, DATA, 0).ok());
     });
 
     // Append to three channels at once.
     let three: Box<[Box<str>]> = vec!["a".into(), "b".into(), "c".into()].into_boxed_slice();
-    let mut s = Store::new(1, BUFFER, TTL_MS);
+    let mut s = Store::new(1, BUFFER, TTL_MS, 1 << 20);
     best("publish, three channels per message", N, |_| {
-        black_box(s.publish(three.clone(), None, DATA, 0));
+        black_box(s.publish(three.clone(), None, DATA, 0).ok());
     });
 
     // Reads: a poll one message behind, and one 64 behind, on one channel; a 3-channel poll.
-    let mut s = Store::new(1, BUFFER, TTL_MS);
+    let mut s = Store::new(1, BUFFER, TTL_MS, 1 << 20);
     for _ in 0..BUFFER {
-        s.publish(one[0].clone(), None, DATA, 0);
+        s.publish(one[0].clone(), None, DATA, 0).ok();
     }
     let chan = ["user:0"];
     let last = s.last_seq();
@@ -84,9 +84,9 @@ fn main() {
     best("read, nothing after the cursor (park)", R, |_| {
         black_box(s.read(&chan, last, 0, MAX_PER_ANSWER));
     });
-    let mut s3 = Store::new(1, BUFFER, TTL_MS);
+    let mut s3 = Store::new(1, BUFFER, TTL_MS, 1 << 20);
     for _ in 0..BUFFER {
-        s3.publish(three.clone(), None, DATA, 0);
+        s3.publish(three.clone(), None, DATA, 0).ok();
     }
     let abc = ["a", "b", "c"];
     let last3 = s3.last_seq();

@@ -10,6 +10,9 @@ pub const DEFAULT_HOLD_SECS: u64 = 30;
 pub const DEFAULT_MAX_HOLD_SECS: u64 = 120;
 pub const DEFAULT_BUFFER: usize = 64;
 pub const DEFAULT_MESSAGE_TTL_SECS: u64 = 600;
+/// Channels the store holds at most: a dense host with a channel per user (a million users)
+/// fits, and a publisher inventing names stops there, at a few hundred MB (see tuning.md).
+pub const DEFAULT_MAX_CHANNELS: usize = 1_000_000;
 /// File descriptors kept back from `--max-connections`' default: listeners, the publish socket
 /// and its clients, epoll and waker fds, log files, with room to spare.
 pub const FD_RESERVE: u64 = 128;
@@ -26,6 +29,8 @@ pub struct Config {
     pub max_hold_secs: u64,
     pub buffer: usize,
     pub message_ttl_secs: u64,
+    /// Channels held at most; a publish that would create more is refused.
+    pub max_channels: usize,
     /// `None`: derived from RLIMIT_NOFILE at start.
     pub max_connections: Option<usize>,
     pub secret_file: Option<PathBuf>,
@@ -46,6 +51,7 @@ impl Default for Config {
             max_hold_secs: DEFAULT_MAX_HOLD_SECS,
             buffer: DEFAULT_BUFFER,
             message_ttl_secs: DEFAULT_MESSAGE_TTL_SECS,
+            max_channels: DEFAULT_MAX_CHANNELS,
             max_connections: None,
             secret_file: None,
             allow_anonymous: false,

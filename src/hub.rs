@@ -91,6 +91,7 @@ impl Hub {
             epoch,
             config.buffer,
             config.message_ttl_secs.saturating_mul(1000),
+            config.max_channels,
         );
         Hub {
             config,

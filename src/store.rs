@@ -6,23 +6,48 @@
 //!
 //! Invariants:
 //! - `last_seq` is the sequence number of the newest accepted message; messages get
-//!   `last_seq + 1` in acceptance order: one global order per run.
+//!   `last_seq + 1` in acceptance order: one global order per run. A refused publish uses no seq.
 //! - Each `ChannelBuffer`'s ring is sorted by `seq` and holds at most `buffer` messages. A
 //!   message published to several channels is one `Arc<Message>` shared by their rings.
-//! - `evicted_upto` of a channel is the highest seq ever dropped from its ring (by length or TTL);
-//!   a read whose cursor is below it has missed something and is told `reset`.
+//! - At most `max_channels` channels are held; a publish that would create more is refused as a
+//!   whole (nothing appended).
+//! - `evicted_upto` of a channel is the highest seq ever dropped from its ring (by length or TTL),
+//!   or inherited from forgotten channels (below); a read whose cursor is below it has missed
+//!   something and is told `reset`.
 //! - Since every message gets the same TTL and seqs are assigned in time order, expired messages
 //!   form a prefix of every ring; a read treats that prefix as evicted even before the sweep
-//!   (`expire`) removes it, so the answer never depends on when the sweep ran.
+//!   (`expire`) removes it, so the messages of an answer never depend on when the sweep ran, and
+//!   a sweep can only add a (conservative) `reset`, never remove one.
+//! - Every channel has exactly one entry in the `due` heap, at or before the expiry of its
+//!   ring's oldest message; `expire` pops due entries in time order, a bounded number per call,
+//!   so one slice costs O(max log channels) whatever the channel count.
 //! - A channel with no message left is dropped by `expire` so memory does not grow with every
-//!   name ever published to; its `evicted_upto` folds into `forgotten_upto`, and a read of a
-//!   channel the store does not hold with a cursor below `forgotten_upto` is conservatively
-//!   told `reset` (it cannot be proven that nothing was missed). See README, "Deviations".
+//!   name ever published to; its `evicted_upto` folds into `forgotten[bucket(name)]`, a fixed
+//!   table of `FORGOTTEN_BUCKETS` maxima. A read of a channel the store does not hold with a
+//!   cursor below its bucket's value is told `reset`, and a channel created later starts with
+//!   `evicted_upto` = its bucket's value: what a forgotten channel lost is never lost silently
+//!   (channels sharing a bucket may get a spurious reset, which is safe). See README,
+//!   "Deviations".
+//! - `messages` counts the distinct messages held by at least one ring (each message counts the
+//!   rings holding it in `held`), so `stats` is O(1).
 
-use std::collections::{HashMap, HashSet};
+use std::cmp::Ordering as CmpOrdering;
+use std::collections::hash_map::RandomState;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::fmt;
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use crate::cursor;
+
+/// Maxima of forgotten channels' `evicted_upto`, by hash of the name: 32 KiB whatever the
+/// number of names ever used, and few enough collisions that a cursor older than the TTL on a
+/// recreated channel is rarely reset because of another channel.
+const FORGOTTEN_BUCKETS: usize = 4096;
+/// Expired entries a refused-looking publish sweeps before giving up: enough to free room when
+/// the sweep is merely behind, small enough to keep that publish's lock hold short.
+const SWEEP_BEFORE_REFUSING: usize = 1024;
 
 /// A published message, encoded once as the JSON object of an answer's `msg` array except for
 /// the channel name, which depends on the poll (the first of its channels the poll subscribes to).
@@ -37,6 +62,8 @@ pub struct Message {
     head: Box<str>,
     /// `,"type":N,"data":DATA}` (type only when given)
     tail: Box<str>,
+    /// Rings holding this message; only changed under the store's write lock.
+    held: AtomicU32,
 }
 
 impl Message {
@@ -61,7 +88,7 @@ impl Message {
 /// The ring of one channel.
 #[derive(Debug, Default)]
 struct ChannelBuffer {
-    ring: std::collections::VecDeque<Arc<Message>>,
+    ring: VecDeque<Arc<Message>>,
     evicted_upto: u64,
 }
 
@@ -69,6 +96,34 @@ impl ChannelBuffer {
     /// Number of leading messages expired at `now_ms`.
     fn expired_prefix(&self, now_ms: u64) -> usize {
         self.ring.partition_point(|m| m.expires_ms <= now_ms)
+    }
+}
+
+/// A channel's turn in the sweep: no later than its oldest message expires.
+#[derive(Debug)]
+struct Due {
+    at_ms: u64,
+    name: Arc<str>,
+}
+
+impl PartialEq for Due {
+    fn eq(&self, other: &Due) -> bool {
+        self.at_ms == other.at_ms
+    }
+}
+
+impl Eq for Due {}
+
+impl PartialOrd for Due {
+    fn partial_cmp(&self, other: &Due) -> Option<CmpOrdering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Due {
+    /// Reversed, so the max-heap yields the earliest entry first.
+    fn cmp(&self, other: &Due) -> CmpOrdering {
+        other.at_ms.cmp(&self.at_ms)
     }
 }
 
@@ -87,8 +142,31 @@ pub struct Found {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StoreStats {
     pub published: u64,
+    /// Distinct messages held.
     pub messages: usize,
+    /// Channels holding messages.
+    pub channels: usize,
 }
+
+/// Why a publish was not accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublishRefused {
+    /// Accepting it would hold more than `max` channels.
+    TooManyChannels { max: usize },
+}
+
+impl fmt::Display for PublishRefused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PublishRefused::TooManyChannels { max } => write!(
+                f,
+                "too many channels: the server holds its limit of {max} (--max-channels)"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for PublishRefused {}
 
 /// See the module documentation.
 #[derive(Debug)]
@@ -97,22 +175,31 @@ pub struct Store {
     last_seq: u64,
     buffer: usize,
     ttl_ms: u64,
-    channels: HashMap<Box<str>, ChannelBuffer>,
-    forgotten_upto: u64,
+    max_channels: usize,
+    channels: HashMap<Arc<str>, ChannelBuffer>,
+    due: BinaryHeap<Due>,
+    forgotten: Box<[u64]>,
+    hasher: RandomState,
     published: u64,
+    messages: usize,
 }
 
 impl Store {
-    /// An empty store for run `epoch`, keeping `buffer` (>= 1) messages per channel for `ttl_ms`.
-    pub fn new(epoch: u64, buffer: usize, ttl_ms: u64) -> Store {
+    /// An empty store for run `epoch`, keeping `buffer` (>= 1) messages per channel for `ttl_ms`
+    /// in at most `max_channels` (>= 1) channels.
+    pub fn new(epoch: u64, buffer: usize, ttl_ms: u64, max_channels: usize) -> Store {
         Store {
             epoch,
             last_seq: 0,
             buffer: buffer.max(1),
             ttl_ms,
+            max_channels: max_channels.max(1),
             channels: HashMap::new(),
-            forgotten_upto: 0,
+            due: BinaryHeap::new(),
+            forgotten: vec![0; FORGOTTEN_BUCKETS].into_boxed_slice(),
+            hasher: RandomState::new(),
             published: 0,
+            messages: 0,
         }
     }
 
@@ -124,18 +211,45 @@ impl Store {
         self.last_seq
     }
 
+    fn bucket(&self, name: &str) -> usize {
+        (self.hasher.hash_one(name) as usize) % FORGOTTEN_BUCKETS
+    }
+
+    /// Channels of `channels` the store does not hold.
+    fn new_channels(&self, channels: &[Box<str>]) -> usize {
+        channels
+            .iter()
+            .filter(|c| !self.channels.contains_key(&***c))
+            .count()
+    }
+
     /// Accepts one message: assigns the next seq, appends it to each channel's ring (evicting
     /// the oldest beyond `buffer`) and returns it. `channels` must be non-empty and free of
-    /// repeats; `data` is the publisher's JSON text, kept verbatim.
+    /// repeats; `data` is the publisher's JSON text, kept verbatim. Refused as a whole, using
+    /// no seq, when it would create channels beyond `max_channels`.
     pub fn publish(
         &mut self,
         channels: Box<[Box<str>]>,
         kind: Option<i64>,
         data: &str,
         now_ms: u64,
-    ) -> Arc<Message> {
+    ) -> Result<Arc<Message>, PublishRefused> {
+        if self.channels.len() + channels.len() > self.max_channels {
+            let mut fresh = self.new_channels(&channels);
+            if self.channels.len() + fresh > self.max_channels {
+                // The sweep may merely be behind: free what is due, then look again.
+                self.expire(now_ms, SWEEP_BEFORE_REFUSING);
+                fresh = self.new_channels(&channels);
+            }
+            if self.channels.len() + fresh > self.max_channels {
+                return Err(PublishRefused::TooManyChannels {
+                    max: self.max_channels,
+                });
+            }
+        }
         self.last_seq += 1;
         self.published += 1;
+        self.messages += 1;
         let seq = self.last_seq;
         let mut head = String::with_capacity(24 + cursor::MAX_LEN);
         head.push_str("{\"id\":\"");
@@ -151,6 +265,7 @@ impl Store {
         tail.push('}');
         let msg = Arc::new(Message {
             seq,
+            held: AtomicU32::new(channels.len() as u32),
             channels,
             expires_ms: now_ms.saturating_add(self.ttl_ms),
             head: head.into_boxed_str(),
@@ -159,37 +274,67 @@ impl Store {
         for name in msg.channels.iter() {
             let buf = match self.channels.get_mut(&**name) {
                 Some(b) => b,
-                None => self.channels.entry(name.clone()).or_default(),
+                None => {
+                    let evicted_upto = self.forgotten[self.bucket(name)];
+                    let name: Arc<str> = Arc::from(&**name);
+                    self.due.push(Due {
+                        at_ms: msg.expires_ms,
+                        name: name.clone(),
+                    });
+                    self.channels.entry(name).or_insert(ChannelBuffer {
+                        ring: VecDeque::new(),
+                        evicted_upto,
+                    })
+                }
             };
             if buf.ring.len() >= self.buffer {
                 if let Some(old) = buf.ring.pop_front() {
                     buf.evicted_upto = buf.evicted_upto.max(old.seq);
+                    if old.held.fetch_sub(1, Ordering::Relaxed) == 1 {
+                        self.messages -= 1;
+                    }
                 }
             }
             buf.ring.push_back(msg.clone());
         }
-        msg
+        Ok(msg)
     }
 
-    /// Drops expired messages and channels left empty (see the module documentation).
-    pub fn expire(&mut self, now_ms: u64) {
-        let mut forgotten = self.forgotten_upto;
-        self.channels.retain(|_, buf| {
-            let n = buf.expired_prefix(now_ms);
-            if n > 0 {
-                if let Some(last) = buf.ring.get(n - 1) {
-                    buf.evicted_upto = buf.evicted_upto.max(last.seq);
+    /// Drops at most `max` expired messages from their rings (a channel's turn that drops none
+    /// counts as one) and the channels left empty (see the module documentation); returns true
+    /// when more is due at `now_ms`, so the caller can release the lock between slices.
+    pub fn expire(&mut self, now_ms: u64, max: usize) -> bool {
+        let mut work = 0;
+        while work < max {
+            match self.due.peek() {
+                Some(d) if d.at_ms <= now_ms => {}
+                _ => return false,
+            }
+            let Some(Due { name, .. }) = self.due.pop() else {
+                return false;
+            };
+            let Some(buf) = self.channels.get_mut(&*name) else {
+                continue; // not reached: a channel leaves `due` only when it is dropped
+            };
+            let n = buf.expired_prefix(now_ms).min(max - work);
+            work += n.max(1);
+            for old in buf.ring.drain(..n) {
+                buf.evicted_upto = buf.evicted_upto.max(old.seq);
+                if old.held.fetch_sub(1, Ordering::Relaxed) == 1 {
+                    self.messages -= 1;
                 }
-                buf.ring.drain(..n);
             }
-            if buf.ring.is_empty() {
-                forgotten = forgotten.max(buf.evicted_upto);
-                false
+            if let Some(front) = buf.ring.front() {
+                let at_ms = front.expires_ms;
+                self.due.push(Due { at_ms, name });
             } else {
-                true
+                let evicted = buf.evicted_upto;
+                self.channels.remove(&*name);
+                let b = self.bucket(&name);
+                self.forgotten[b] = self.forgotten[b].max(evicted);
             }
-        });
-        self.forgotten_upto = forgotten;
+        }
+        self.due.peek().is_some_and(|d| d.at_ms <= now_ms)
     }
 
     /// The messages after seq `after` on `channels` (no repeats), oldest first, at most `limit`;
@@ -210,8 +355,9 @@ impl Store {
             return found;
         }
         for name in channels {
-            let Some(buf) = self.channels.get(name.as_ref()) else {
-                if after < self.forgotten_upto {
+            let name = name.as_ref();
+            let Some(buf) = self.channels.get(name) else {
+                if after < self.forgotten[self.bucket(name)] {
                     found.reset = true;
                 }
                 continue;
@@ -242,20 +388,12 @@ impl Store {
         self.channels.keys().map(|k| &**k)
     }
 
-    /// Figures for the stats line; walks every ring (stats are rare).
+    /// Figures for the stats line, kept as the store changes: O(1).
     pub fn stats(&self) -> StoreStats {
-        let mut seen = HashSet::new();
-        let mut messages = 0;
-        for buf in self.channels.values() {
-            for m in &buf.ring {
-                if m.channels.len() == 1 || seen.insert(m.seq) {
-                    messages += 1;
-                }
-            }
-        }
         StoreStats {
             published: self.published,
-            messages,
+            messages: self.messages,
+            channels: self.channels.len(),
         }
     }
 }
@@ -272,11 +410,171 @@ mod tests {
         f.messages.iter().map(|m| m.seq).collect()
     }
 
+    /// `stats` recomputed by walking every ring.
+    fn recount(s: &Store) -> StoreStats {
+        let mut seen = std::collections::HashSet::new();
+        for buf in s.channels.values() {
+            seen.extend(buf.ring.iter().map(|m| m.seq));
+        }
+        StoreStats {
+            published: s.published,
+            messages: seen.len(),
+            channels: s.channels.len(),
+        }
+    }
+
+    #[test]
+    fn a_recreated_channel_remembers_what_its_predecessor_lost() {
+        for buffer in [1, 64] {
+            let mut s = Store::new(1, buffer, 100, 1 << 20);
+            s.publish(chans(&["other"]), None, "0", 0).unwrap(); // the cursor c0 = 1
+            s.publish(chans(&["x"]), None, "1", 0).unwrap(); // m1 = 2
+            assert!(!s.expire(100, usize::MAX));
+            assert_eq!(s.channel_names().count(), 0, "buffer {buffer}");
+            let f = s.read(&["x"], 1, 150, 100);
+            assert!(f.reset && f.messages.is_empty(), "buffer {buffer}");
+            s.publish(chans(&["x"]), None, "2", 150).unwrap(); // m2 = 3
+            let f = s.read(&["x"], 1, 150, 100);
+            assert_eq!((seqs(&f), f.reset), (vec![3], true), "buffer {buffer}");
+            let f = s.read(&["x"], 2, 150, 100);
+            assert_eq!((seqs(&f), f.reset), (vec![3], false), "buffer {buffer}");
+            // Still known after the recreated channel lost m2 by length or TTL.
+            s.publish(chans(&["x"]), None, "3", 150).unwrap(); // 4
+            let f = s.read(&["x"], 1, 150, 100);
+            assert!(f.reset, "buffer {buffer}");
+        }
+    }
+
+    #[test]
+    fn the_channel_bound_refuses_a_whole_publish_and_uses_no_seq() {
+        let mut s = Store::new(1, 4, 100, 2);
+        s.publish(chans(&["a"]), None, "1", 0).unwrap();
+        s.publish(chans(&["b"]), None, "2", 0).unwrap();
+        let e = s.publish(chans(&["a", "c"]), None, "3", 10).unwrap_err();
+        assert_eq!(e, PublishRefused::TooManyChannels { max: 2 });
+        let text = e.to_string();
+        assert!(
+            text.contains("--max-channels") && text.contains('2'),
+            "{text}"
+        );
+        assert_eq!(s.last_seq(), 2);
+        assert_eq!(seqs(&s.read(&["a", "c"], 0, 10, 100)), vec![1]);
+        assert_eq!(
+            s.stats(),
+            StoreStats {
+                published: 2,
+                messages: 2,
+                channels: 2
+            }
+        );
+        // Existing channels only: accepted at the bound.
+        assert_eq!(s.publish(chans(&["b", "a"]), None, "4", 10).unwrap().seq, 3);
+        // Once a and b have expired, a new channel fits without waiting for the sweep.
+        s.publish(chans(&["b"]), None, "5", 50).unwrap(); // 4, expires at 150
+        assert_eq!(s.publish(chans(&["c"]), None, "6", 110).unwrap().seq, 5);
+        let mut names: Vec<&str> = s.channel_names().collect();
+        names.sort_unstable();
+        assert_eq!(names, vec!["b", "c"]);
+        assert_eq!(s.stats(), recount(&s));
+    }
+
+    #[test]
+    fn expire_works_in_bounded_slices() {
+        let mut s = Store::new(1, 64, 10, 1 << 20);
+        for i in 0..100 {
+            s.publish(chans(&[&format!("c{i}")]), None, "0", 0).unwrap();
+        }
+        for _ in 0..5 {
+            s.publish(chans(&["c0"]), None, "0", 0).unwrap();
+        }
+        assert!(!s.expire(9, usize::MAX));
+        assert_eq!(s.stats().messages, 105);
+        // 105 messages leave, 7 per slice: 15 slices, the last one says nothing more is due.
+        let mut slices = 1;
+        let mut before = s.stats().messages;
+        while s.expire(10, 7) {
+            let now = s.stats().messages;
+            assert_eq!(before - now, 7);
+            before = now;
+            slices += 1;
+        }
+        assert_eq!(slices, 15);
+        assert_eq!(s.stats(), recount(&s));
+        assert_eq!((s.stats().messages, s.stats().channels), (0, 0));
+        assert!(s.due.is_empty());
+    }
+
+    /// Two stores against a slow model with time: the model keeps every message with its
+    /// channels and publish time, and says a channel lost a message when it fell out by length
+    /// or expired. One store is swept in random small slices, the other never: both answer the
+    /// model's messages; the unswept one's `reset` is exact, the swept one's may only add to it
+    /// (never a silent loss, whenever the sweep ran); both keep exact stats.
+    #[test]
+    fn answers_do_not_depend_on_when_the_sweep_ran() {
+        let mut rng = crate::xorshift::XorShift::new(0x1234_5678_9abc_def1);
+        let mut next = move || rng.next_u64();
+        let names = ["a", "b", "c", "d", "e", "f"];
+        let (buffer, ttl) = (3, 40);
+        let mut swept = Store::new(1, buffer, ttl, 1 << 20);
+        let mut unswept = Store::new(1, buffer, ttl, 1 << 20);
+        let mut all: Vec<(u64, u64, Vec<&str>)> = Vec::new();
+        let mut now = 0;
+        for _ in 0..3000 {
+            now += next() % 8;
+            let cs: Vec<&str> = names.iter().copied().filter(|_| next() % 4 == 0).collect();
+            if !cs.is_empty() {
+                let m = swept.publish(chans(&cs), None, "0", now).unwrap();
+                unswept.publish(chans(&cs), None, "0", now).unwrap();
+                all.push((m.seq, now, cs));
+            }
+            if next() % 3 == 0 {
+                swept.expire(now, (next() % 4) as usize);
+            }
+            let sub: Vec<&str> = names.iter().copied().filter(|_| next() % 2 == 0).collect();
+            let after = next() % (swept.last_seq() + 1);
+            let mut want: Vec<u64> = Vec::new();
+            let mut lost = false;
+            for ch in &sub {
+                let on: Vec<(u64, u64)> = all
+                    .iter()
+                    .filter(|(_, _, c)| c.contains(ch))
+                    .map(|(q, t, _)| (*q, *t))
+                    .collect();
+                let kept = on.len().saturating_sub(buffer);
+                for (i, (q, t)) in on.iter().enumerate() {
+                    if i >= kept && t + ttl > now {
+                        if *q > after {
+                            want.push(*q);
+                        }
+                    } else if *q > after {
+                        lost = true;
+                    }
+                }
+            }
+            want.sort_unstable();
+            want.dedup();
+            want.truncate(7);
+            let exact = unswept.read(&sub, after, now, 7);
+            let late = swept.read(&sub, after, now, 7);
+            assert_eq!(seqs(&exact), want, "sub {sub:?} after {after} at {now}");
+            assert_eq!(seqs(&late), want, "sub {sub:?} after {after} at {now}");
+            assert_eq!(exact.reset, lost, "sub {sub:?} after {after} at {now}");
+            assert!(
+                late.reset || !lost,
+                "silent loss: sub {sub:?} after {after}"
+            );
+            assert_eq!(swept.stats(), recount(&swept));
+            assert_eq!(unswept.stats(), recount(&unswept));
+        }
+    }
+
     #[test]
     fn publish_assigns_global_order_and_encodes_once() {
-        let mut s = Store::new(7, 4, 1000);
-        let a = s.publish(chans(&["a"]), Some(70), r#"{"x": 1.50}"#, 0);
-        let b = s.publish(chans(&["b", "a"]), None, "null", 0);
+        let mut s = Store::new(7, 4, 1000, 1 << 20);
+        let a = s
+            .publish(chans(&["a"]), Some(70), r#"{"x": 1.50}"#, 0)
+            .unwrap();
+        let b = s.publish(chans(&["b", "a"]), None, "null", 0).unwrap();
         assert_eq!((a.seq, b.seq, s.last_seq()), (1, 2, 2));
         let mut out = Vec::new();
         a.encode_into(&mut out, "a");
@@ -293,21 +591,22 @@ mod tests {
             s.stats(),
             StoreStats {
                 published: 2,
-                messages: 2
+                messages: 2,
+                channels: 2
             }
         );
     }
 
     #[test]
     fn read_merges_dedups_and_limits() {
-        let mut s = Store::new(1, 64, 1000);
+        let mut s = Store::new(1, 64, 1000, 1 << 20);
         for i in 0..10 {
             let c: &[&str] = match i % 3 {
                 0 => &["a"],
                 1 => &["b"],
                 _ => &["a", "b"],
             };
-            s.publish(chans(c), None, "1", 0);
+            s.publish(chans(c), None, "1", 0).unwrap();
         }
         let f = s.read(&["a", "b"], 0, 0, 100);
         assert_eq!(seqs(&f), (1..=10).collect::<Vec<_>>());
@@ -322,11 +621,11 @@ mod tests {
 
     #[test]
     fn eviction_by_length_resets_only_older_cursors() {
-        let mut s = Store::new(1, 3, 1000);
+        let mut s = Store::new(1, 3, 1000, 1 << 20);
         for _ in 0..5 {
-            s.publish(chans(&["a"]), None, "1", 0);
+            s.publish(chans(&["a"]), None, "1", 0).unwrap();
         }
-        s.publish(chans(&["b"]), None, "1", 0);
+        s.publish(chans(&["b"]), None, "1", 0).unwrap();
         // a holds 3,4,5; 1 and 2 were evicted.
         let f = s.read(&["a"], 0, 0, 100);
         assert_eq!((seqs(&f), f.reset), (vec![3, 4, 5], true));
@@ -343,23 +642,23 @@ mod tests {
 
     #[test]
     fn ttl_is_eviction_before_and_after_the_sweep() {
-        let mut s = Store::new(1, 64, 100);
-        s.publish(chans(&["a"]), None, "1", 0); // expires at 100
-        s.publish(chans(&["a"]), None, "2", 50); // expires at 150
+        let mut s = Store::new(1, 64, 100, 1 << 20);
+        s.publish(chans(&["a"]), None, "1", 0).unwrap(); // expires at 100
+        s.publish(chans(&["a"]), None, "2", 50).unwrap(); // expires at 150
         let f = s.read(&["a"], 0, 99, 100);
         assert_eq!((seqs(&f), f.reset), (vec![1, 2], false));
         let f = s.read(&["a"], 0, 100, 100);
         assert_eq!((seqs(&f), f.reset), (vec![2], true));
         let f = s.read(&["a"], 1, 100, 100);
         assert_eq!((seqs(&f), f.reset), (vec![2], false));
-        s.expire(100);
+        s.expire(100, usize::MAX);
         let f = s.read(&["a"], 0, 100, 100);
         assert_eq!((seqs(&f), f.reset), (vec![2], true));
         assert_eq!(s.stats().messages, 1);
         // Everything expires: the channel is dropped, older cursors still learn of the loss.
-        s.expire(150);
+        s.expire(150, usize::MAX);
         assert_eq!(s.channel_names().count(), 0);
-        s.publish(chans(&["c"]), None, "3", 200);
+        s.publish(chans(&["c"]), None, "3", 200).unwrap();
         let f = s.read(&["a"], 1, 200, 100);
         assert!(f.reset && f.messages.is_empty());
         let f = s.read(&["a"], 2, 200, 100);
@@ -374,7 +673,7 @@ mod tests {
         let mut next = move || rng.next_u64();
         let names = ["a", "b", "c", "d"];
         let buffer = 5;
-        let mut s = Store::new(1, buffer, u64::MAX / 4);
+        let mut s = Store::new(1, buffer, u64::MAX / 4, 1 << 20);
         let mut all: Vec<(u64, Vec<&str>)> = Vec::new();
         for _ in 0..400 {
             let mut cs: Vec<&str> = Vec::new();
@@ -386,7 +685,7 @@ mod tests {
             if cs.is_empty() {
                 cs.push(names[(next() % 4) as usize]);
             }
-            let m = s.publish(chans(&cs), None, "0", 0);
+            let m = s.publish(chans(&cs), None, "0", 0).unwrap();
             all.push((m.seq, cs));
             let sub: Vec<&str> = names.iter().copied().filter(|_| next() % 2 == 0).collect();
             let after = next() % (m.seq + 1);
