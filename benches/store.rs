@@ -1,14 +1,58 @@
-//! Nanoseconds per channel append (publish) and per read of a poll's answer from the store.
+//! Nanoseconds per channel append (publish) and per read of a poll's answer from the store;
+//! the cost of one expiry slice with a million channels; bytes per channel held and per parked
+//! poll in a reactor's `Waiters`, counted by a counting global allocator (requested bytes, so
+//! exact and independent of the allocator's own rounding).
 //!
 //! Run with `cargo bench --bench store`. Plain `std::time::Instant` timing, no harness: each
 //! case runs several rounds and the best is printed (the machine is shared and noisy). This
 //! measures; it asserts nothing about speed.
 
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
-use std::time::Instant;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use pnsd::poll::{answer, MAX_PER_ANSWER};
 use pnsd::store::Store;
+use pnsd::waiters::Waiters;
+
+/// The system allocator, counting the bytes currently allocated.
+struct Counting;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        LIVE.fetch_add(l.size(), Ordering::Relaxed);
+        System.alloc(l)
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        LIVE.fetch_sub(l.size(), Ordering::Relaxed);
+        System.dealloc(p, l)
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
+        LIVE.fetch_add(new, Ordering::Relaxed);
+        LIVE.fetch_sub(l.size(), Ordering::Relaxed);
+        System.realloc(p, l, new)
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+fn live() -> usize {
+    LIVE.load(Ordering::Relaxed)
+}
+
+/// Channels of the large-store cases: `--max-channels`' default.
+const MANY: usize = 1_000_000;
+/// Expired entries per sweep slice: publish.rs's `SWEEP_SLICE`.
+const SLICE: usize = 1024;
+/// Parked polls of the waiters case, and their channels: the worst a poll may ask for (16 unique
+/// channels of 128 bytes).
+const POLLS: usize = 15_000;
+const POLL_CHANNELS: usize = 16;
+const NAME_LEN: usize = 128;
 
 /// Timed rounds per case; the best is reported.
 const ROUNDS: u32 = 7;
@@ -99,4 +143,97 @@ fn main() {
     best("encode answer, 1 message", R, |_| {
         black_box(answer(&found, &chan, 1, false, None));
     });
+    drop((s, s3, found));
+
+    big_store();
+    parked_polls();
+}
+
+/// A million channels of one message each: bytes per channel, publish cost at that size, and
+/// the cost of each expiry slice once they all expired.
+fn big_store() {
+    let names: Vec<Box<str>> = (0..MANY)
+        .map(|i| format!("user:{i}").into_boxed_str())
+        .collect();
+    let before = live();
+    let mut s = Store::new(1, BUFFER, TTL_MS, MANY);
+    let start = Instant::now();
+    for n in &names {
+        black_box(
+            s.publish(vec![n.clone()].into_boxed_slice(), None, DATA, 0)
+                .ok(),
+        );
+    }
+    let took = start.elapsed();
+    let held = live() - before;
+    println!(
+        "{:<44} {:>9.1} ns/op",
+        "publish, creating 1,000,000 channels",
+        took.as_nanos() as f64 / MANY as f64
+    );
+    println!(
+        "{:<44} {:>9.1} bytes (message of {} bytes data included)",
+        "store, per channel of one message",
+        held as f64 / MANY as f64,
+        DATA.len()
+    );
+    let mut slices = 0u32;
+    let mut worst = Duration::ZERO;
+    let start = Instant::now();
+    loop {
+        let t = Instant::now();
+        let more = s.expire(TTL_MS, SLICE);
+        worst = worst.max(t.elapsed());
+        slices += 1;
+        if !more {
+            break;
+        }
+    }
+    let total = start.elapsed();
+    println!(
+        "{:<44} {:>9.1} us/slice (worst {:.1} us, {} slices)",
+        "expire 1,000,000 channels, 1024 per slice",
+        total.as_secs_f64() * 1e6 / f64::from(slices),
+        worst.as_secs_f64() * 1e6,
+        slices
+    );
+    println!(
+        "{:<44} {:>9} bytes",
+        "store, left after everything expired",
+        live() - before
+    );
+    drop(s);
+}
+
+/// `POLLS` polls of 16 unique 128-byte channels each parked in one `Waiters`, then all unparked.
+fn parked_polls() {
+    let names: Vec<Vec<String>> = (0..POLLS)
+        .map(|p| {
+            (0..POLL_CHANNELS)
+                .map(|c| format!("{:0>width$}", p * POLL_CHANNELS + c, width = NAME_LEN))
+                .collect()
+        })
+        .collect();
+    let before = live();
+    let mut w = Waiters::with_capacity(0);
+    let firsts: Vec<u32> = names
+        .iter()
+        .enumerate()
+        .map(|(i, cs)| w.park(i as u32, cs))
+        .collect();
+    let held = live() - before;
+    println!(
+        "{:<44} {:>9.1} bytes ({} of names)",
+        "waiters, per poll on 16 unique 128 B channels",
+        held as f64 / POLLS as f64,
+        POLL_CHANNELS * NAME_LEN
+    );
+    for f in firsts {
+        w.unpark(f);
+    }
+    println!(
+        "{:<44} {:>9} bytes",
+        "waiters, left after every poll unparked",
+        live() - before
+    );
 }
