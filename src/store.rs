@@ -28,6 +28,8 @@
 //!   `evicted_upto` = its bucket's value: what a forgotten channel lost is never lost silently
 //!   (channels sharing a bucket may get a spurious reset, which is safe). See README,
 //!   "Deviations".
+//! - The index's capacity is at most 8 times its channels (or `SHRINK_FLOOR`) after a sweep, so
+//!   the memory of a burst of channels comes back once they expire.
 //! - `messages` counts the distinct messages held by at least one ring (each message counts the
 //!   rings holding it in `held`), so `stats` is O(1).
 
@@ -45,6 +47,8 @@ use crate::cursor;
 /// number of names ever used, and few enough collisions that a cursor older than the TTL on a
 /// recreated channel is rarely reset because of another channel.
 const FORGOTTEN_BUCKETS: usize = 4096;
+/// Capacity below which the channel index is never shrunk: a few tens of KiB, not worth a rehash.
+const SHRINK_FLOOR: usize = 1024;
 /// Expired entries a refused-looking publish sweeps before giving up: enough to free room when
 /// the sweep is merely behind, small enough to keep that publish's lock hold short.
 const SWEEP_BEFORE_REFUSING: usize = 1024;
@@ -334,7 +338,20 @@ impl Store {
                 self.forgotten[b] = self.forgotten[b].max(evicted);
             }
         }
+        self.shrink_if_sparse();
         self.due.peek().is_some_and(|d| d.at_ms <= now_ms)
+    }
+
+    /// Gives back the index's memory once the channels fell to an eighth of its capacity,
+    /// keeping room for twice what is left: a load that shrinks has to fall four times more, or
+    /// double, before the next resize, so resizing is amortised O(1) per channel and a load
+    /// flapping around one size never resizes.
+    fn shrink_if_sparse(&mut self) {
+        let len = self.channels.len();
+        if self.channels.capacity() > SHRINK_FLOOR && len < self.channels.capacity() / 8 {
+            self.channels.shrink_to(2 * len);
+            self.due.shrink_to(2 * len);
+        }
     }
 
     /// The messages after seq `after` on `channels` (no repeats), oldest first, at most `limit`;
@@ -502,6 +519,26 @@ mod tests {
         assert_eq!(s.stats(), recount(&s));
         assert_eq!((s.stats().messages, s.stats().channels), (0, 0));
         assert!(s.due.is_empty());
+    }
+
+    #[test]
+    fn the_index_gives_memory_back_after_a_burst() {
+        let mut s = Store::new(1, 4, 10, 1 << 20);
+        for i in 0..20_000 {
+            s.publish(chans(&[&format!("c{i}")]), None, "0", i / 1000)
+                .unwrap();
+        }
+        assert!(s.channels.capacity() >= 20_000);
+        // Four fifths expire: no resize yet (hysteresis: it takes a fall to an eighth).
+        while s.expire(25, 100) {}
+        assert_eq!(s.stats().channels, 4000);
+        assert!(s.channels.capacity() > 16_000, "{}", s.channels.capacity());
+        // All but 1000 expire: the index shrank to a few times what is left.
+        while s.expire(28, 100) {}
+        assert_eq!(s.stats().channels, 1000);
+        assert!(s.channels.capacity() < 16_000, "{}", s.channels.capacity());
+        assert!(s.due.capacity() < 16_000, "{}", s.due.capacity());
+        assert_eq!(s.stats(), recount(&s));
     }
 
     /// Two stores against a slow model with time: the model keeps every message with its
