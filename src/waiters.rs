@@ -18,8 +18,9 @@
 //!   slot in between; it is empty or a power of two at least twice the channel count.
 //! - Memory comes back: the table shrinks when under an eighth full, the channel slab is
 //!   compacted when under an eighth of its capacity, and when the last poll leaves after a peak
-//!   of at least `RELEASE_PEAK` memberships, every slab is dropped and the node reserve made
-//!   afresh (untouched pages). The factors leave a gap between growing and shrinking, so a load
+//!   of at least `RELEASE_PEAK` memberships, every slab is dropped, the node reserve made afresh
+//!   (untouched pages) and, with glibc, `malloc_trim` hands the freed names' pages back to the
+//!   kernel (without it, 15,000 polls on 16 unique names left 100 MB of RSS behind). The factors leave a gap between growing and shrinking, so a load
 //!   flapping around one size never resizes, and each resize is paid for by the parks or
 //!   unparks since the previous one.
 
@@ -252,6 +253,11 @@ impl Waiters {
         self.chans = Slab::new();
         self.table = Vec::new();
         self.peak = 0;
+        // SAFETY: malloc_trim only returns free memory of the allocator's arenas to the kernel.
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        unsafe {
+            libc::malloc_trim(0);
+        }
     }
 
     /// Appends the connections waiting on `channel` to `out`.
