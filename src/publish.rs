@@ -261,7 +261,7 @@ impl Publisher {
         let mut events = Events::with_capacity(256);
         let mut again: Vec<usize> = Vec::new();
         loop {
-            let timeout = if !again.is_empty() {
+            let timeout = if !again.is_empty() || self.next_sweep <= self.hub.clock.now_ms() {
                 Duration::ZERO
             } else if self.accept_backoff.is_paused() {
                 Duration::from_millis(backoff::PAUSE_MS)
@@ -303,9 +303,9 @@ impl Publisher {
                 self.accept();
             }
             if now >= self.next_sweep {
-                // Bounded slices, the lock released between them so polls read in between.
-                while self.hub.write().expire(now, SWEEP_SLICE) {}
-                self.next_sweep = now + SWEEP_MS;
+                // One bounded slice per turn: polls read and publishes go on between slices.
+                let more = self.hub.write().expire(now, SWEEP_SLICE);
+                self.next_sweep = if more { now } else { now + SWEEP_MS };
             }
             match self.commands.try_recv() {
                 Ok(()) | Err(TryRecvError::Disconnected) => {

@@ -412,6 +412,13 @@ impl Store {
         self.channels.keys().map(|k| &**k)
     }
 
+    /// True when channel `name` holds messages (is counted in `stats().channels`): with it,
+    /// the stats line counts channels with messages or waiters as `stats().channels` plus the
+    /// waited-on channels not held, without walking every held name.
+    pub fn holds(&self, name: &str) -> bool {
+        self.channels.contains_key(name)
+    }
+
     /// Figures for the stats line, kept as the store changes: O(1).
     pub fn stats(&self) -> StoreStats {
         StoreStats {
@@ -499,6 +506,7 @@ mod tests {
         let mut names: Vec<&str> = s.channel_names().collect();
         names.sort_unstable();
         assert_eq!(names, vec!["b", "c"]);
+        assert!(s.holds("c") && !s.holds("a"));
         assert_eq!(s.stats(), recount(&s));
     }
 
