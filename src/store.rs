@@ -454,6 +454,15 @@ mod tests {
         }
     }
 
+    /// Stats of a store that accepted two messages on two channels.
+    fn two_of_each() -> StoreStats {
+        StoreStats {
+            published: 2,
+            messages: 2,
+            channels: 2,
+        }
+    }
+
     #[test]
     fn a_recreated_channel_remembers_what_its_predecessor_lost() {
         for buffer in [1, 64] {
@@ -490,14 +499,7 @@ mod tests {
         );
         assert_eq!(s.last_seq(), 2);
         assert_eq!(seqs(&s.read(&["a", "c"], 0, 10, 100)), vec![1]);
-        assert_eq!(
-            s.stats(),
-            StoreStats {
-                published: 2,
-                messages: 2,
-                channels: 2
-            }
-        );
+        assert_eq!(s.stats(), two_of_each());
         // Existing channels only: accepted at the bound.
         assert_eq!(s.publish(chans(&["b", "a"]), None, "4", 10).unwrap().seq, 3);
         // Once a and b have expired, a new channel fits without waiting for the sweep.
@@ -639,14 +641,7 @@ mod tests {
         );
         assert_eq!(b.first_channel_in(&["a"]), Some("a"));
         assert_eq!(b.first_channel_in(&["a", "b"]), Some("b"));
-        assert_eq!(
-            s.stats(),
-            StoreStats {
-                published: 2,
-                messages: 2,
-                channels: 2
-            }
-        );
+        assert_eq!(s.stats(), two_of_each());
     }
 
     #[test]

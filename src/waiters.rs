@@ -328,6 +328,18 @@ mod tests {
         v
     }
 
+    type Model<'a> = std::collections::BTreeMap<u32, (u32, Vec<&'a str>)>;
+
+    /// Unparks the poll of `model` picked by `pick` (the model is not empty).
+    fn unpark_one(w: &mut Waiters, model: &mut Model, pick: u64) {
+        let k = *model
+            .keys()
+            .nth((pick % model.len() as u64) as usize)
+            .unwrap();
+        let (first, _) = model.remove(&k).unwrap();
+        w.unpark(first);
+    }
+
     #[test]
     fn park_and_unpark_keep_lists_exact() {
         let mut w = Waiters::new();
@@ -361,7 +373,7 @@ mod tests {
         let mut next = move || rng.next_u64();
         let names = ["a", "b", "c", "d", "e"];
         let mut w = Waiters::new();
-        let mut model: std::collections::BTreeMap<u32, (u32, Vec<&str>)> = Default::default();
+        let mut model: Model = Default::default();
         for step in 0..5000u32 {
             if next() % 2 == 0 || model.is_empty() {
                 let mut cs: Vec<&str> = names.iter().copied().filter(|_| next() % 3 == 0).collect();
@@ -371,12 +383,7 @@ mod tests {
                 let first = w.park(step, &cs);
                 model.insert(step, (first, cs));
             } else {
-                let k = *model
-                    .keys()
-                    .nth((next() % model.len() as u64) as usize)
-                    .unwrap();
-                let (first, _) = model.remove(&k).unwrap();
-                w.unpark(first);
+                unpark_one(&mut w, &mut model, next());
             }
             for n in names {
                 let want: Vec<u32> = model
@@ -397,7 +404,7 @@ mod tests {
         let mut next = move || rng.next_u64();
         let names: Vec<String> = (0..3000).map(|i| format!("ch{i}")).collect();
         let mut w = Waiters::with_capacity(8);
-        let mut model: std::collections::BTreeMap<u32, (u32, Vec<&str>)> = Default::default();
+        let mut model: Model = Default::default();
         let mut peak_table = 0;
         for step in 0..40_000u32 {
             // Rising for 5000 steps, then falling for 5000, four times.
@@ -413,12 +420,7 @@ mod tests {
                 let first = w.park(step, &cs);
                 model.insert(step, (first, cs));
             } else {
-                let k = *model
-                    .keys()
-                    .nth((next() % model.len() as u64) as usize)
-                    .unwrap();
-                let (first, _) = model.remove(&k).unwrap();
-                w.unpark(first);
+                unpark_one(&mut w, &mut model, next());
             }
             peak_table = peak_table.max(w.capacities().2);
             if step % 97 == 0 {
