@@ -293,7 +293,7 @@ impl Store {
                         name: name.clone(),
                     });
                     self.channels.entry(name).or_insert(ChannelBuffer {
-                        ring: VecDeque::new(),
+                        ring: VecDeque::with_capacity(1),
                         evicted_upto,
                     })
                 }
