@@ -171,7 +171,7 @@ impl fmt::Display for PublishRefused {
         match self {
             PublishRefused::TooManyChannels { max } => write!(
                 f,
-                "too many channels: the server holds its limit of {max} (--max-channels)"
+                "channel limit reached: publishing would hold more than {max} channels (--max-channels)"
             ),
         }
     }
