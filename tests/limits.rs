@@ -106,9 +106,9 @@ fn max_channels_frees_up_as_channels_expire() {
     p.publish("a", "1");
     p.publish("b", "2");
     p.wait_stat("channels", 0);
+    // Both acknowledged (`publish` asserts the ack): the room came back.
     p.publish("c", "3");
     p.publish("d", "4");
-    assert_eq!(p.stats()["channels"].as_u64(), Some(2));
 }
 
 /// `--max-channels` takes a positive number.
