@@ -28,9 +28,13 @@
 //!   `evicted_upto` = its bucket's value: what a forgotten channel lost is never lost silently
 //!   (channels sharing a bucket may get a spurious reset, which is safe). See README,
 //!   "Deviations".
-//! - After a sweep, the index's capacity is at most 8 times its channels, or `SHRINK_FLOOR`, or
-//!   above `SHRINK_MAX_CAPACITY`: the memory of a burst of up to ~60k channels comes back once
-//!   most of them expired, and no shrink takes more than about a millisecond.
+//! - Memory of a burst of channels comes back once most of them expired: after a sweep, the
+//!   index's capacity is at most 8 times its channels (or `SHRINK_FLOOR`), or a `retiring` index
+//!   is being emptied. Up to `SHRINK_MAX_CAPACITY` the index is rehashed at once; a larger one
+//!   becomes `retiring` behind a fresh small index, each of its channels moves over when the
+//!   sweep or a publish next touches it (so within one TTL), and its table is freed on a thread
+//!   of its own once empty: no slice rehashes or frees a large table under the write lock. A
+//!   channel is in exactly one of the two; reads look in both.
 //! - `messages` counts the distinct messages held by at least one ring (each message counts the
 //!   rings holding it in `held`), so `stats` is O(1).
 
@@ -50,11 +54,9 @@ use crate::cursor;
 const FORGOTTEN_BUCKETS: usize = 4096;
 /// Capacity below which the channel index is never shrunk: a few tens of KiB, not worth a rehash.
 const SHRINK_FLOOR: usize = 1024;
-/// Largest index capacity that is shrunk: walking and freeing a table of this size takes about a
-/// millisecond under the write lock, while a table sized for a million channels takes 30 ms or
-/// more (measured: walking 2M buckets to move 16k channels, then freeing 117 MB). An index that
-/// grew past it keeps its capacity, about 60 bytes per channel of its peak, bounded by
-/// `--max-channels`.
+/// Largest index capacity that is shrunk by a rehash under the write lock (about a millisecond);
+/// a table sized for a million channels takes 30 ms or more (measured: walking 2M buckets to
+/// move 16k channels, then freeing 117 MB), so a larger index retires instead (`retiring`).
 const SHRINK_MAX_CAPACITY: usize = 1 << 16;
 /// Expired entries a refused-looking publish sweeps before giving up: enough to free room when
 /// the sweep is merely behind, small enough to keep that publish's lock hold short.
@@ -188,6 +190,9 @@ pub struct Store {
     ttl_ms: u64,
     max_channels: usize,
     channels: HashMap<Arc<str>, ChannelBuffer>,
+    /// A large index being given back: its channels move to `channels` as the sweep or a
+    /// publish touches them, and its table is freed (off the lock) once it is empty.
+    retiring: Option<HashMap<Arc<str>, ChannelBuffer>>,
     due: BinaryHeap<Due>,
     forgotten: Box<[u64]>,
     hasher: RandomState,
@@ -206,6 +211,7 @@ impl Store {
             ttl_ms,
             max_channels: max_channels.max(1),
             channels: HashMap::new(),
+            retiring: None,
             due: BinaryHeap::new(),
             forgotten: vec![0; FORGOTTEN_BUCKETS].into_boxed_slice(),
             hasher: RandomState::new(),
@@ -226,12 +232,38 @@ impl Store {
         (self.hasher.hash_one(name) as usize) % FORGOTTEN_BUCKETS
     }
 
+    /// Channel `name`, for reading.
+    fn held(&self, name: &str) -> Option<&ChannelBuffer> {
+        match (self.channels.get(name), &self.retiring) {
+            (None, Some(r)) => r.get(name),
+            (found, _) => found,
+        }
+    }
+
+    /// Channel `name`, for writing: one still in `retiring` moves to `channels` first.
+    fn held_mut<'a>(
+        channels: &'a mut HashMap<Arc<str>, ChannelBuffer>,
+        retiring: &mut Option<HashMap<Arc<str>, ChannelBuffer>>,
+        name: &str,
+    ) -> Option<&'a mut ChannelBuffer> {
+        if let Some(r) = retiring {
+            if !channels.contains_key(name) {
+                if let Some((key, buf)) = r.remove_entry(name) {
+                    channels.insert(key, buf);
+                }
+            }
+        }
+        channels.get_mut(name)
+    }
+
+    /// Number of channels held.
+    fn held_count(&self) -> usize {
+        self.channels.len() + self.retiring.as_ref().map_or(0, HashMap::len)
+    }
+
     /// Channels of `channels` the store does not hold.
     fn new_channels(&self, channels: &[Box<str>]) -> usize {
-        channels
-            .iter()
-            .filter(|c| !self.channels.contains_key(&***c))
-            .count()
+        channels.iter().filter(|c| self.held(c).is_none()).count()
     }
 
     /// Accepts one message: assigns the next seq, appends it to each channel's ring (evicting
@@ -245,14 +277,14 @@ impl Store {
         data: &str,
         now_ms: u64,
     ) -> Result<Arc<Message>, PublishRefused> {
-        if self.channels.len() + channels.len() > self.max_channels {
+        if self.held_count() + channels.len() > self.max_channels {
             let mut fresh = self.new_channels(&channels);
-            if self.channels.len() + fresh > self.max_channels {
+            if self.held_count() + fresh > self.max_channels {
                 // The sweep may merely be behind: free what is due, then look again.
                 self.expire(now_ms, SWEEP_BEFORE_REFUSING);
                 fresh = self.new_channels(&channels);
             }
-            if self.channels.len() + fresh > self.max_channels {
+            if self.held_count() + fresh > self.max_channels {
                 return Err(PublishRefused::TooManyChannels {
                     max: self.max_channels,
                 });
@@ -283,7 +315,7 @@ impl Store {
             tail: tail.into_boxed_str(),
         });
         for name in msg.channels.iter() {
-            let buf = match self.channels.get_mut(&**name) {
+            let buf = match Store::held_mut(&mut self.channels, &mut self.retiring, name) {
                 Some(b) => b,
                 None => {
                     let evicted_upto = self.forgotten[self.bucket(name)];
@@ -308,6 +340,7 @@ impl Store {
             }
             buf.ring.push_back(msg.clone());
         }
+        self.free_retired_if_empty();
         Ok(msg)
     }
 
@@ -317,14 +350,13 @@ impl Store {
     pub fn expire(&mut self, now_ms: u64, max: usize) -> bool {
         let mut work = 0;
         while work < max {
-            match self.due.peek() {
-                Some(d) if d.at_ms <= now_ms => {}
-                _ => return false,
+            if self.due.peek().is_none_or(|d| d.at_ms > now_ms) {
+                break;
             }
             let Some(Due { name, .. }) = self.due.pop() else {
-                return false;
+                break;
             };
-            let Some(buf) = self.channels.get_mut(&*name) else {
+            let Some(buf) = Store::held_mut(&mut self.channels, &mut self.retiring, &name) else {
                 continue; // not reached: a channel leaves `due` only when it is dropped
             };
             let n = buf.expired_prefix(now_ms).min(max - work);
@@ -351,13 +383,35 @@ impl Store {
 
     /// Gives back the index's memory once the channels fell to an eighth of its capacity,
     /// keeping room for twice what is left: a load that shrinks has to fall four times more, or
-    /// double, before the next resize, so a load flapping around one size never resizes. Only
-    /// up to `SHRINK_MAX_CAPACITY`: the rehash and the free happen under the write lock.
+    /// double, before the next resize, so a load flapping around one size never resizes. Up to
+    /// `SHRINK_MAX_CAPACITY` the index is rehashed at once; a larger one retires (see
+    /// `retiring`), so no slice rehashes or frees a large table under the write lock.
     fn shrink_if_sparse(&mut self) {
+        self.free_retired_if_empty();
         let (len, capacity) = (self.channels.len(), self.channels.capacity());
-        if capacity > SHRINK_FLOOR && capacity <= SHRINK_MAX_CAPACITY && len < capacity / 8 {
-            self.channels.shrink_to(2 * len);
+        if self.retiring.is_none() && capacity > SHRINK_FLOOR && len < capacity / 8 {
+            if capacity <= SHRINK_MAX_CAPACITY {
+                self.channels.shrink_to(2 * len);
+            } else {
+                let small = HashMap::with_capacity(2 * len);
+                self.retiring = Some(std::mem::replace(&mut self.channels, small));
+                self.free_retired_if_empty(); // nothing left to move over
+            }
+        }
+        let (len, capacity) = (self.due.len(), self.due.capacity());
+        if capacity > SHRINK_FLOOR && len < capacity / 8 {
             self.due.shrink_to(2 * len);
+        }
+    }
+
+    /// Frees the table of an emptied `retiring` index on a thread of its own: unmapping the
+    /// ~100 MB of a table sized for a million channels takes ~10 ms, not for the lock holder.
+    fn free_retired_if_empty(&mut self) {
+        if let Some(table) = self.retiring.take_if(|r| r.is_empty()) {
+            // On a failed spawn the closure, and with it the table, is dropped here instead.
+            let _ = std::thread::Builder::new()
+                .name("pnsd-free".into())
+                .spawn(move || drop(table));
         }
     }
 
@@ -380,7 +434,7 @@ impl Store {
         }
         for name in channels {
             let name = name.as_ref();
-            let Some(buf) = self.channels.get(name) else {
+            let Some(buf) = self.held(name) else {
                 if after < self.forgotten[self.bucket(name)] {
                     found.reset = true;
                 }
@@ -409,14 +463,17 @@ impl Store {
 
     /// Names of the channels holding messages.
     pub fn channel_names(&self) -> impl Iterator<Item = &str> {
-        self.channels.keys().map(|k| &**k)
+        self.channels
+            .keys()
+            .chain(self.retiring.iter().flat_map(HashMap::keys))
+            .map(|k| &**k)
     }
 
     /// True when channel `name` holds messages (is counted in `stats().channels`): with it,
     /// the stats line counts channels with messages or waiters as `stats().channels` plus the
     /// waited-on channels not held, without walking every held name.
     pub fn holds(&self, name: &str) -> bool {
-        self.channels.contains_key(name)
+        self.held(name).is_some()
     }
 
     /// Figures for the stats line, kept as the store changes: O(1).
@@ -424,7 +481,7 @@ impl Store {
         StoreStats {
             published: self.published,
             messages: self.messages,
-            channels: self.channels.len(),
+            channels: self.held_count(),
         }
     }
 }
@@ -444,13 +501,17 @@ mod tests {
     /// `stats` recomputed by walking every ring.
     fn recount(s: &Store) -> StoreStats {
         let mut seen = std::collections::HashSet::new();
-        for buf in s.channels.values() {
+        for buf in s
+            .channels
+            .values()
+            .chain(s.retiring.iter().flat_map(|r| r.values()))
+        {
             seen.extend(buf.ring.iter().map(|m| m.seq));
         }
         StoreStats {
             published: s.published,
             messages: seen.len(),
-            channels: s.channels.len(),
+            channels: s.held_count(),
         }
     }
 
@@ -555,6 +616,43 @@ mod tests {
         assert_eq!(s.stats().channels, 1000);
         assert!(s.channels.capacity() < 16_000, "{}", s.channels.capacity());
         assert!(s.due.capacity() < 16_000, "{}", s.due.capacity());
+        assert_eq!(s.stats(), recount(&s));
+    }
+
+    #[test]
+    fn a_large_index_retires_and_its_channels_move_over() {
+        let mut s = Store::new(1, 4, 100, 1 << 20);
+        // Channel ci gets message i + 1 at time i / 1000, expiring at i / 1000 + 100.
+        for i in 0..80_000u64 {
+            s.publish(chans(&[&format!("c{i}")]), None, "0", i / 1000)
+                .unwrap();
+        }
+        let peak = s.channels.capacity();
+        assert!(peak > SHRINK_MAX_CAPACITY);
+        // c0..c73999 expire: the rest is under an eighth of the index, which retires.
+        while s.expire(173, 500) {}
+        assert_eq!(s.stats(), recount(&s));
+        assert_eq!(s.stats().channels, 6000);
+        assert_eq!(s.retiring.as_ref().map(HashMap::len), Some(6000));
+        assert_eq!(s.channels.len(), 0);
+        assert!(s.channels.capacity() < peak / 2);
+        // A retiring channel is read as any other; a publish moves it over first.
+        let f = s.read(&["c79999"], 0, 173, 10);
+        assert_eq!((seqs(&f), f.reset), (vec![80_000], false));
+        assert!(s.holds("c79999"));
+        let m = s.publish(chans(&["c79999"]), None, "1", 173).unwrap();
+        assert!(s.channels.contains_key("c79999"));
+        assert!(!s.retiring.as_ref().unwrap().contains_key("c79999"));
+        let f = s.read(&["c79999"], 0, 173, 10);
+        assert_eq!(seqs(&f), vec![80_000, m.seq]);
+        s.publish(chans(&["new"]), None, "2", 173).unwrap();
+        assert_eq!(s.channel_names().count(), 6001);
+        // The sweep moves over or drops every other: the retired table is freed.
+        while s.expire(179, 500) {}
+        assert!(s.retiring.is_none());
+        let mut names: Vec<&str> = s.channel_names().collect();
+        names.sort_unstable();
+        assert_eq!(names, vec!["c79999", "new"]);
         assert_eq!(s.stats(), recount(&s));
     }
 
