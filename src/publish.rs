@@ -32,7 +32,7 @@ use slab::Slab;
 use crate::backoff::{self, AcceptBackoff};
 use crate::ingest::{Batch, Ingest};
 use crate::line::{self, Frame, Framer, Request};
-use crate::stats::PendingStats;
+use crate::stats::{PendingStats, STATS_WAIT};
 
 /// Unsent answers after which a publisher that does not read them is not read either.
 pub const MAX_OUT: usize = 1 << 20;
@@ -107,7 +107,7 @@ impl Publisher {
                 listener: Some(listener),
                 conns: Slab::new(),
                 ingest,
-                stats: PendingStats::new(waker.clone()),
+                stats: PendingStats::new(waker.clone(), STATS_WAIT),
                 max_publishers,
                 refused: Vec::new(),
                 drain: rx,
@@ -448,4 +448,152 @@ fn flush(c: &mut PubConn) -> bool {
     c.out.clear();
     c.out_pos = 0;
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::hub::{Command, Hub, ReactorLink};
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::net::UnixStream as Client;
+    use std::path::PathBuf;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::thread::JoinHandle;
+
+    /// Bound on every wait of these tests; they wait for conditions, not for time.
+    const WAIT: Duration = Duration::from_secs(10);
+
+    /// A publish thread on a real socket, with one reactor stand-in whose commands the test
+    /// reads (and answers, or not); stats requests wait for replies without a deadline.
+    struct Running {
+        path: PathBuf,
+        link: PublisherLink,
+        commands: mpsc::Receiver<Command>,
+        thread: Option<JoinHandle<()>>,
+        _reactor_poll: Poll,
+    }
+
+    impl Running {
+        fn start() -> Running {
+            static N: AtomicUsize = AtomicUsize::new(0);
+            let path = std::env::temp_dir().join(format!(
+                "pnsd-publish-{}-{}.sock",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            ));
+            let _ = std::fs::remove_file(&path);
+            let listener = UnixListener::bind(&path).expect("bind");
+            let hub = Arc::new(Hub::new(Config::default(), 10, None, 1));
+            let (reactor, commands, reactor_poll) = ReactorLink::detached();
+            let ingest = Ingest::new(hub, Arc::new(vec![reactor]));
+            let (mut publisher, link) = Publisher::new(listener, ingest).expect("publisher");
+            publisher.stats = PendingStats::new(link.waker.clone(), Duration::from_secs(86_400));
+            let thread = Some(std::thread::spawn(move || publisher.run()));
+            Running {
+                path,
+                link,
+                commands,
+                thread,
+                _reactor_poll: reactor_poll,
+            }
+        }
+
+        fn connect(&self) -> (Client, BufReader<Client>) {
+            let c = Client::connect(&self.path).expect("connect");
+            c.set_read_timeout(Some(WAIT)).expect("timeout");
+            let r = BufReader::new(c.try_clone().expect("clone"));
+            (c, r)
+        }
+
+        /// The next command that is not a wake-up for published channels.
+        fn next_stats_ask(&self) -> crate::stats::WaitingReply {
+            loop {
+                match self.commands.recv_timeout(WAIT) {
+                    Ok(Command::WaitingChannels(reply)) => return reply,
+                    Ok(Command::Published { .. }) => {}
+                    other => panic!("expected a stats ask, got {other:?}"),
+                }
+            }
+        }
+
+        fn drain(&mut self) {
+            self.link.drain.send(()).expect("drain");
+            self.link.waker.wake().expect("wake");
+            if let Some(t) = self.thread.take() {
+                t.join().expect("publish thread");
+            }
+        }
+    }
+
+    impl Drop for Running {
+        fn drop(&mut self) {
+            if self.thread.is_some() {
+                self.drain();
+            }
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+
+    fn answer(r: &mut BufReader<Client>) -> serde_json::Value {
+        let mut line = String::new();
+        r.read_line(&mut line).expect("answer line");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line:?}: {e}"))
+    }
+
+    #[test]
+    fn an_outstanding_stats_request_holds_up_only_its_own_connection() {
+        let mut run = Running::start();
+        let (mut a, mut a_in) = run.connect();
+        let (mut b, mut b_in) = run.connect();
+        a.write_all(b"{\"op\":\"stats\"}\n{\"channel\":\"a\",\"data\":1}\n")
+            .expect("write");
+        let reply = run.next_stats_ask();
+        // The reactor has not replied: another connection's publish is acked meanwhile.
+        b.write_all(b"{\"channel\":\"b\",\"data\":2}\n")
+            .expect("write");
+        assert_eq!(answer(&mut b_in)["ok"], true);
+        // The asking connection got nothing yet, not even the ack of the line behind the
+        // stats request (answers stay in line order).
+        a.set_nonblocking(true).expect("nonblocking");
+        let mut byte = [0u8; 1];
+        let early = (&a).read(&mut byte);
+        assert!(
+            matches!(&early, Err(e) if e.kind() == io::ErrorKind::WouldBlock),
+            "answered before the reactor replied: {early:?}"
+        );
+        a.set_nonblocking(false).expect("blocking");
+        reply
+            .send(vec![Box::from("w")])
+            .expect("publish thread alive");
+        let st = answer(&mut a_in);
+        assert_eq!(st["ok"], true);
+        assert_eq!(st["published"], 1, "b's publish, not a's (behind): {st}");
+        assert_eq!(st["channels"], 2, "the waiter's w and the held b: {st}");
+        let ack = answer(&mut a_in);
+        assert!(
+            ack["id"].is_string(),
+            "then the ack of the line behind: {ack}"
+        );
+        run.drain();
+    }
+
+    #[test]
+    fn a_stats_request_outstanding_at_the_drain_is_answered_then_the_lines_behind() {
+        let mut run = Running::start();
+        let (mut a, mut a_in) = run.connect();
+        a.write_all(b"{\"op\":\"stats\"}\n{\"channel\":\"a\",\"data\":1}\n")
+            .expect("write");
+        let _silent = run.next_stats_ask();
+        run.drain();
+        assert_eq!(answer(&mut a_in)["published"], 0);
+        assert!(
+            answer(&mut a_in)["id"].is_string(),
+            "the ack behind the stats line"
+        );
+        let mut rest = String::new();
+        a_in.read_line(&mut rest).expect("eof");
+        assert_eq!(rest, "", "closed after the answers");
+        drop(a);
+    }
 }

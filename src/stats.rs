@@ -104,10 +104,13 @@ pub struct PendingStats<A> {
     waker: Arc<mio::Waker>,
     asks: Vec<Ask<A>>,
     next_query: u64,
+    /// How long an ask waits for replies (`STATS_WAIT` but in tests).
+    wait: Duration,
 }
 
 impl<A: Copy + PartialEq> PendingStats<A> {
-    pub fn new(waker: Arc<mio::Waker>) -> PendingStats<A> {
+    /// Asks that wait `wait` at most for replies (`STATS_WAIT`), waking `waker` per reply.
+    pub fn new(waker: Arc<mio::Waker>, wait: Duration) -> PendingStats<A> {
         let (replies_to, replies) = mpsc::channel();
         PendingStats {
             replies_to,
@@ -115,6 +118,7 @@ impl<A: Copy + PartialEq> PendingStats<A> {
             waker,
             asks: Vec::new(),
             next_query: 0,
+            wait,
         }
     }
 
@@ -144,7 +148,7 @@ impl<A: Copy + PartialEq> PendingStats<A> {
             counted,
             awaited,
             names: HashSet::new(),
-            deadline: now + STATS_WAIT,
+            deadline: now + self.wait,
         });
     }
 
@@ -270,7 +274,7 @@ mod tests {
         let (l2, r2, _p2) = ReactorLink::detached();
         let poll = mio::Poll::new().expect("poll");
         let waker = Arc::new(mio::Waker::new(poll.registry(), mio::Token(0)).expect("waker"));
-        let mut pending: PendingStats<usize> = PendingStats::new(waker);
+        let mut pending: PendingStats<usize> = PendingStats::new(waker, STATS_WAIT);
         let now = Instant::now();
         pending.ask(7, &hub, &[l1, l2], now);
         // Counted when asked, not when answered.
@@ -301,7 +305,7 @@ mod tests {
         let (silent, _rx, _p2) = ReactorLink::detached();
         let poll = mio::Poll::new().expect("poll");
         let waker = Arc::new(mio::Waker::new(poll.registry(), mio::Token(0)).expect("waker"));
-        let mut pending: PendingStats<usize> = PendingStats::new(waker);
+        let mut pending: PendingStats<usize> = PendingStats::new(waker, STATS_WAIT);
         let t0 = Instant::now();
         pending.ask(1, &hub, &[l1, silent], t0);
         pending.ask(2, &hub, &[], t0);
