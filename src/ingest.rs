@@ -312,8 +312,10 @@ mod tests {
 
     #[test]
     fn the_sweep_drops_expired_messages() {
-        let mut config = Config::default();
-        config.message_ttl_secs = 0;
+        let config = Config {
+            message_ttl_secs: 0,
+            ..Config::default()
+        };
         let hub = Arc::new(Hub::new(config, 10, None, 7));
         let ingest = Ingest::new(hub.clone(), Arc::new(Vec::new()));
         ingest.publish(publish(&["gone"], "1")).expect("accepted");

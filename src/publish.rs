@@ -396,6 +396,7 @@ impl Publisher {
             if self.stats.is_empty() {
                 break;
             }
+            batch.release(); // the stats line reads the store
             self.answer_stats(true, &mut Vec::new());
         }
         batch.finish();
