@@ -235,6 +235,13 @@ mod tests {
         }
     }
 
+    /// Asks waiting `STATS_WAIT`, with a waker on a poll nobody runs.
+    fn pending() -> (PendingStats<usize>, mio::Poll) {
+        let poll = mio::Poll::new().expect("poll");
+        let waker = Arc::new(mio::Waker::new(poll.registry(), mio::Token(0)).expect("waker"));
+        (PendingStats::new(waker, STATS_WAIT), poll)
+    }
+
     fn line(bytes: &[u8]) -> serde_json::Value {
         assert_eq!(bytes.last(), Some(&b'\n'));
         serde_json::from_slice(bytes).expect("json")
@@ -272,9 +279,7 @@ mod tests {
         hub.counters.parked.store(3, Ordering::Relaxed);
         let (l1, r1, _p1) = ReactorLink::detached();
         let (l2, r2, _p2) = ReactorLink::detached();
-        let poll = mio::Poll::new().expect("poll");
-        let waker = Arc::new(mio::Waker::new(poll.registry(), mio::Token(0)).expect("waker"));
-        let mut pending: PendingStats<usize> = PendingStats::new(waker, STATS_WAIT);
+        let (mut pending, _poll) = pending();
         let now = Instant::now();
         pending.ask(7, &hub, &[l1, l2], now);
         // Counted when asked, not when answered.
@@ -303,9 +308,7 @@ mod tests {
         let hub = Arc::new(Hub::new(Config::default(), 10, None, 1));
         let (l1, r1, _p1) = ReactorLink::detached();
         let (silent, _rx, _p2) = ReactorLink::detached();
-        let poll = mio::Poll::new().expect("poll");
-        let waker = Arc::new(mio::Waker::new(poll.registry(), mio::Token(0)).expect("waker"));
-        let mut pending: PendingStats<usize> = PendingStats::new(waker, STATS_WAIT);
+        let (mut pending, _poll) = pending();
         let t0 = Instant::now();
         pending.ask(1, &hub, &[l1, silent], t0);
         pending.ask(2, &hub, &[], t0);
