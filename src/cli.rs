@@ -9,6 +9,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 
 use lexopt::prelude::*;
+use serde_json::value::RawValue;
 
 use crate::client;
 use crate::config::{Config, DEFAULT_PUBLISH_SOCKET};
@@ -18,10 +19,153 @@ use crate::reactor::MAX_LISTENERS;
 /// Default lifetime of a minted token (contract: 3600 s).
 pub const DEFAULT_TOKEN_TTL: u64 = 3600;
 
-const USAGE: &str = "usage: pnsd [serve] [--listen ADDR]... [--publish-socket PATH] [--threads N] [--hold SECS] [--max-hold SECS] [--buffer N] [--message-ttl SECS] [--max-connections N] [--secret-file PATH] [--allow-anonymous] [--cors-origin ORIGIN] [--publish-socket-mode OCTAL] [--max-publishers N]
-       pnsd publish [--socket PATH] [--type N] CHANNEL JSON
-       pnsd stats [--socket PATH]
-       pnsd token --secret-file PATH --channel C [--channel C2 ...] [--ttl SECS] [--sub ID]";
+/// One subcommand's usage: its synopsis, what it does, and one row per option (defaults in
+/// brackets). Every usage text lives in this table, so an option is listed beside its siblings
+/// when it is added to a parser below.
+struct Usage {
+    synopsis: &'static str,
+    about: &'static str,
+    options: &'static [(&'static str, &'static str)],
+}
+
+const SERVE_USAGE: Usage = Usage {
+    synopsis: "pnsd [serve] [OPTIONS]",
+    about: "Runs the server (also the default without a subcommand). Defaults in brackets.",
+    options: &[
+        (
+            "--listen ADDR",
+            "HTTP listen address, repeatable; port 0 picks a free port [127.0.0.1:8080]",
+        ),
+        (
+            "--publish-socket PATH",
+            "Unix socket for publishers [./pnsd.sock]",
+        ),
+        (
+            "--publish-socket-mode OCTAL",
+            "file mode of the publish socket, at least 0600 [0600]",
+        ),
+        (
+            "--threads N",
+            "reactor threads, one per core [number of CPUs]",
+        ),
+        (
+            "--hold SECS",
+            "hold time of a parked poll that names none [30]",
+        ),
+        (
+            "--max-hold SECS",
+            "longest hold a client may ask for with hold= [120]",
+        ),
+        ("--buffer N", "messages kept per channel [64]"),
+        ("--message-ttl SECS", "how long a message is kept [600]"),
+        (
+            "--max-connections N",
+            "HTTP connections held at once [open-file limit less a reserve]",
+        ),
+        (
+            "--max-channels N",
+            "channels held at once; a publish creating more is refused [1000000]",
+        ),
+        (
+            "--max-publishers N",
+            "publisher connections; one more gets an error line, is closed [64]",
+        ),
+        (
+            "--head-timeout SECS",
+            "time a request line and headers may take to arrive [10]",
+        ),
+        (
+            "--idle-timeout SECS",
+            "a keep-alive connection with no request is closed after [75]",
+        ),
+        (
+            "--write-timeout SECS",
+            "a client that does not read its answer is dropped after [30]",
+        ),
+        (
+            "--secret-file PATH",
+            "HS256 key: every poll needs a token signed with it [none: open]",
+        ),
+        (
+            "--allow-anonymous",
+            "allow a non-loopback --listen without --secret-file",
+        ),
+        (
+            "--cors-origin ORIGIN",
+            "answer with CORS headers allowing ORIGIN [none]",
+        ),
+        ("-h, --help", "print this and exit"),
+    ],
+};
+
+const PUBLISH_USAGE: Usage = Usage {
+    synopsis: "pnsd publish [--socket PATH] [--type N] CHANNEL JSON",
+    about: "Publishes one message and prints the server's answer line. Exit 0 when it is ok,\n\
+            1 when refused or the server is unreachable, 2 for a bad argument (JSON included).",
+    options: &[
+        ("--socket PATH", "the server's publish socket [./pnsd.sock]"),
+        (
+            "--type N",
+            "integer message type, delivered as \"type\" [none]",
+        ),
+        ("-h, --help", "print this and exit"),
+    ],
+};
+
+const STATS_USAGE: Usage = Usage {
+    synopsis: "pnsd stats [--socket PATH]",
+    about: "Prints the server's stats line as it sent it.",
+    options: &[
+        ("--socket PATH", "the server's publish socket [./pnsd.sock]"),
+        ("-h, --help", "print this and exit"),
+    ],
+};
+
+const TOKEN_USAGE: Usage = Usage {
+    synopsis:
+        "pnsd token --secret-file PATH --channel C [--channel C2 ...] [--ttl SECS] [--sub ID]",
+    about: "Prints a subscriber token (HS256 JWT) granting the channels.",
+    options: &[
+        (
+            "--secret-file PATH",
+            "the key file the server uses (one trailing newline ignored)",
+        ),
+        (
+            "--channel C",
+            "a channel the token grants, repeatable, at least one",
+        ),
+        ("--ttl SECS", "seconds until the token expires [3600]"),
+        (
+            "--sub ID",
+            "the sub claim, carried but not interpreted [none]",
+        ),
+        ("-h, --help", "print this and exit"),
+    ],
+};
+
+impl Usage {
+    fn text(&self) -> String {
+        let mut s = format!("usage: {}\n{}\n", self.synopsis, self.about);
+        let width = self.options.iter().map(|(o, _)| o.len()).max().unwrap_or(0);
+        for (option, what) in self.options {
+            s.push_str(&format!("  {option:width$}  {what}\n"));
+        }
+        s
+    }
+}
+
+/// `pnsd --help`: every subcommand's usage.
+fn full_usage() -> String {
+    let parts: Vec<String> = [SERVE_USAGE, PUBLISH_USAGE, STATS_USAGE, TOKEN_USAGE]
+        .iter()
+        .map(Usage::text)
+        .collect();
+    format!(
+        "pnsd {}: a long-polling push server.\n\n{}\nusage: pnsd --version\n",
+        env!("CARGO_PKG_VERSION"),
+        parts.join("\n")
+    )
+}
 
 /// A parsed command.
 #[derive(Debug)]
@@ -42,7 +186,8 @@ pub enum Cmd {
         ttl: u64,
         sub: Option<String>,
     },
-    Help,
+    /// Print this usage text on stdout, exit 0.
+    Help(String),
     Version,
 }
 
@@ -84,7 +229,7 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Cmd, String> {
         Some("publish") => parse_publish(&mut rest(&mut args)),
         Some("stats") => parse_stats(&mut rest(&mut args)),
         Some("token") => parse_token(&mut rest(&mut args)),
-        Some("--help") | Some("-h") | Some("help") => Ok(Cmd::Help),
+        Some("--help") | Some("-h") | Some("help") => Ok(Cmd::Help(full_usage())),
         Some("--version") | Some("-V") => Ok(Cmd::Version),
         Some(s) if !s.starts_with('-') => Err(format!("unknown command {s:?}")),
         _ => parse_serve(&mut lexopt::Parser::from_args(args)),
@@ -96,6 +241,7 @@ fn parse_serve(p: &mut lexopt::Parser) -> Result<Cmd, String> {
     let mut listen: Vec<SocketAddr> = Vec::new();
     while let Some(arg) = p.next().map_err(err)? {
         match arg {
+            Long("help") | Short('h') => return Ok(Cmd::Help(SERVE_USAGE.text())),
             Long("listen") => listen.push(addr(p.value().map_err(err)?)?),
             Long("publish-socket") => c.publish_socket = p.value().map_err(err)?.into(),
             Long("publish-socket-mode") => {
@@ -131,6 +277,12 @@ fn parse_serve(p: &mut lexopt::Parser) -> Result<Cmd, String> {
                 c.cors_origin = Some(o);
             }
             other => return Err(other.unexpected().to_string()),
+        }
+    }
+    // Port 0 twice is two free ports; an explicit address twice cannot be bound twice.
+    for (i, a) in listen.iter().enumerate() {
+        if a.port() != 0 && listen[..i].contains(a) {
+            return Err(format!("--listen {a} is given twice"));
         }
     }
     if !listen.is_empty() {
@@ -182,6 +334,7 @@ fn parse_publish(p: &mut lexopt::Parser) -> Result<Cmd, String> {
     let mut values = Vec::new();
     while let Some(arg) = p.next().map_err(err)? {
         match arg {
+            Long("help") | Short('h') => return Ok(Cmd::Help(PUBLISH_USAGE.text())),
             Long("socket") => socket = p.value().map_err(err)?.into(),
             Long("type") => kind = Some(num("--type", p.value().map_err(err)?)?),
             Value(v) => values.push(text("argument", v)?),
@@ -196,6 +349,9 @@ fn parse_publish(p: &mut lexopt::Parser) -> Result<Cmd, String> {
             "invalid channel name {channel:?} (1-128 bytes of A-Z a-z 0-9 _ . : @ -)"
         ));
     }
+    // Only the grammar is checked here, so the error points into what the user typed; the
+    // server decides everything else (nesting depth, number range, duplicate keys).
+    serde_json::from_str::<&RawValue>(&data).map_err(|e| format!("JSON is not valid: {e}"))?;
     Ok(Cmd::Publish {
         socket,
         kind,
@@ -208,6 +364,7 @@ fn parse_stats(p: &mut lexopt::Parser) -> Result<Cmd, String> {
     let mut socket = PathBuf::from(DEFAULT_PUBLISH_SOCKET);
     while let Some(arg) = p.next().map_err(err)? {
         match arg {
+            Long("help") | Short('h') => return Ok(Cmd::Help(STATS_USAGE.text())),
             Long("socket") => socket = p.value().map_err(err)?.into(),
             other => return Err(other.unexpected().to_string()),
         }
@@ -222,6 +379,7 @@ fn parse_token(p: &mut lexopt::Parser) -> Result<Cmd, String> {
     let mut sub = None;
     while let Some(arg) = p.next().map_err(err)? {
         match arg {
+            Long("help") | Short('h') => return Ok(Cmd::Help(TOKEN_USAGE.text())),
             Long("secret-file") => secret_file = Some(PathBuf::from(p.value().map_err(err)?)),
             Long("channel") => {
                 let c = text("--channel", p.value().map_err(err)?)?;
@@ -264,8 +422,8 @@ pub fn main() -> i32 {
         }
     };
     match cmd {
-        Cmd::Help => {
-            println!("{USAGE}");
+        Cmd::Help(text) => {
+            print!("{text}");
             0
         }
         Cmd::Version => {
@@ -396,5 +554,90 @@ mod tests {
         }
         assert!(parse_str("token --channel a").is_err());
         assert!(parse_str("token --secret-file /k").is_err());
+    }
+
+    fn help_text(s: &str) -> String {
+        match parse_str(s) {
+            Ok(Cmd::Help(text)) => text,
+            other => panic!("{s}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_subcommand_answers_help() {
+        for (args, synopsis, option) in [
+            ("serve --help", "usage: pnsd [serve]", "--max-connections N"),
+            ("serve -h", "usage: pnsd [serve]", "--cors-origin ORIGIN"),
+            (
+                "--listen 127.0.0.1:0 --help",
+                "usage: pnsd [serve]",
+                "--listen ADDR",
+            ),
+            ("publish --help", "usage: pnsd publish", "--type N"),
+            ("publish a -h", "usage: pnsd publish", "--socket PATH"),
+            ("stats --help", "usage: pnsd stats", "--socket PATH"),
+            ("token -h", "usage: pnsd token", "--ttl SECS"),
+            // Help wins over what is still missing (token's required options).
+            ("token --channel a --help", "usage: pnsd token", "--sub ID"),
+        ] {
+            let text = help_text(args);
+            assert!(text.starts_with(synopsis), "{args}: {text}");
+            assert!(text.contains(option), "{args}: {text}");
+            assert_eq!(text.matches("usage:").count(), 1, "{args}: {text}");
+        }
+        let all = help_text("--help");
+        for synopsis in ["pnsd [serve]", "pnsd publish", "pnsd stats", "pnsd token"] {
+            assert!(all.contains(&format!("usage: {synopsis}")), "{all}");
+        }
+        assert_eq!(all, help_text("-h"));
+    }
+
+    #[test]
+    fn the_same_listen_address_twice_is_a_bad_combination() {
+        let e = parse_str("--listen 127.0.0.1:8081 --listen 127.0.0.1:8081").unwrap_err();
+        assert!(e.contains("127.0.0.1:8081") && e.contains("twice"), "{e}");
+        assert!(parse_str("--listen localhost:8081 --listen 127.0.0.1:8081").is_err());
+        // Port 0 twice asks for two free ports.
+        assert_eq!(
+            serve("--listen 127.0.0.1:0 --listen 127.0.0.1:0")
+                .listen
+                .len(),
+            2
+        );
+        assert_eq!(
+            serve("--listen 127.0.0.1:1 --listen 127.0.0.2:1")
+                .listen
+                .len(),
+            2
+        );
+    }
+
+    #[test]
+    fn publish_json_is_checked_against_what_the_user_typed() {
+        let e = parse_str("publish user:42 hello").unwrap_err();
+        assert_eq!(e, "JSON is not valid: expected value at line 1 column 1");
+        let e = parse_str("publish a {\"a\":1,}").unwrap_err();
+        assert!(
+            e.starts_with("JSON is not valid:") && e.ends_with("column 8"),
+            "{e}"
+        );
+        assert!(parse_str("publish a 1 2").is_err());
+        assert!(parse_str("publish a [1]x")
+            .unwrap_err()
+            .contains("trailing"));
+        // Any JSON value is data; what only the server decides (depth, number range,
+        // duplicate keys) passes the local check.
+        for data in [
+            "null",
+            "\"hello\"",
+            "[[[[1]]]]",
+            "1e999",
+            "{\"a\":1,\"a\":2}",
+        ] {
+            match parse_str(&format!("publish a {data}")) {
+                Ok(Cmd::Publish { data: d, .. }) => assert_eq!(d, data),
+                other => panic!("{data}: {other:?}"),
+            }
+        }
     }
 }

@@ -77,8 +77,9 @@ pub fn token(secret_file: &Path, channels: &[String], ttl: u64, sub: Option<&str
     let secret = match Secret::from_file(secret_file) {
         Ok(s) => s,
         Err(e) => {
+            // The file's absence is a run-time failure, not a bad argument.
             eprintln!("pnsd: cannot read {}: {e}", secret_file.display());
-            return 2;
+            return 1;
         }
     };
     let exp = (token::unix_now() as u64).saturating_add(ttl);

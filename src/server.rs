@@ -4,11 +4,16 @@
 //! thread) is done before any thread starts and before the start-up line is printed, so a
 //! failed start leaves nothing behind (a socket file it created is removed) and a printed line
 //! means the server is reachable at every address it names.
+//!
+//! The publish socket's path is removed (on a failed start and at exit) only while it is still
+//! the socket this process bound, recognised by the device and inode recorded right after the
+//! bind: during a rolling restart the path may already hold the next server's socket, or a file
+//! someone else put there, and neither is ours to delete.
 
 use std::fs;
 use std::io::{self, Write as _};
 use std::net::SocketAddr;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
@@ -80,9 +85,37 @@ pub fn raise_nofile() -> u64 {
     cur
 }
 
+/// The publish socket's file as this process bound it. Dropping it removes the path if it is
+/// still that file (same device and inode); a path that now names another file is left alone.
+/// Between the check and the unlink another process could still swap the path: the window is
+/// one system call wide, where an unconditional unlink was always wrong.
+struct BoundSocketFile {
+    path: PathBuf,
+    dev: u64,
+    ino: u64,
+}
+
+impl BoundSocketFile {
+    fn is_still_ours(&self) -> bool {
+        fs::symlink_metadata(&self.path)
+            .is_ok_and(|m| m.file_type().is_socket() && m.dev() == self.dev && m.ino() == self.ino)
+    }
+}
+
+impl Drop for BoundSocketFile {
+    fn drop(&mut self) {
+        if self.is_still_ours() {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
 /// Binds the publish socket: a socket file left by a dead server is replaced; a live server
 /// or a non-socket at the path is an error.
-fn bind_publish_socket(path: &Path, mode: u32) -> Result<UnixListener, StartError> {
+fn bind_publish_socket(
+    path: &Path,
+    mode: u32,
+) -> Result<(UnixListener, BoundSocketFile), StartError> {
     match fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
             if std::os::unix::net::UnixStream::connect(path).is_ok() {
@@ -116,10 +149,21 @@ fn bind_publish_socket(path: &Path, mode: u32) -> Result<UnixListener, StartErro
             path.display()
         ))
     })?;
+    let meta = fs::symlink_metadata(path).map_err(|e| {
+        StartError::Runtime(format!(
+            "cannot stat publish socket {}: {e}",
+            path.display()
+        ))
+    })?;
+    let file = BoundSocketFile {
+        path: path.to_path_buf(),
+        dev: meta.dev(),
+        ino: meta.ino(),
+    };
     if mode != 0o600 {
         let _ = fs::set_permissions(path, fs::Permissions::from_mode(mode));
     }
-    Ok(l)
+    Ok((l, file))
 }
 
 fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
@@ -183,7 +227,8 @@ pub fn default_max_connections(nofile: u64) -> usize {
 pub fn serve(config: Config) -> Result<(), StartError> {
     let secret = match &config.secret_file {
         Some(p) => Some(Secret::from_file(p).map_err(|e| {
-            StartError::Usage(format!("cannot use --secret-file {}: {e}", p.display()))
+            // A missing, unreadable or empty key file is a run-time failure (exit 1).
+            StartError::Runtime(format!("cannot use --secret-file {}: {e}", p.display()))
         })?),
         None => None,
     };
@@ -194,15 +239,11 @@ pub fn serve(config: Config) -> Result<(), StartError> {
     let signals = signal_hook::iterator::Signals::new([libc::SIGTERM, libc::SIGINT])
         .map_err(|e| StartError::Runtime(format!("cannot install signal handlers: {e}")))?;
 
-    let publish_listener = bind_publish_socket(&config.publish_socket, config.publish_socket_mode)?;
+    // `socket_file` removes the path when `serve` returns, on every failed start too.
+    let (publish_listener, socket_file) =
+        bind_publish_socket(&config.publish_socket, config.publish_socket_mode)?;
     let socket_path: PathBuf = config.publish_socket.clone();
-    let (listeners, addrs) = match bind_all(&config) {
-        Ok(v) => v,
-        Err(e) => {
-            let _ = fs::remove_file(&socket_path);
-            return Err(e);
-        }
-    };
+    let (listeners, addrs) = bind_all(&config)?;
 
     let threads = config.threads;
     let hub = Arc::new(Hub::new(
@@ -227,19 +268,15 @@ pub fn serve(config: Config) -> Result<(), StartError> {
                 },
             ))
         };
-        let (r, link) = setup().map_err(|e| {
-            let _ = fs::remove_file(&socket_path);
-            StartError::Runtime(format!("cannot start a reactor: {e}"))
-        })?;
+        let (r, link) =
+            setup().map_err(|e| StartError::Runtime(format!("cannot start a reactor: {e}")))?;
         reactors.push(r);
         links.push(link);
     }
     let links = Arc::new(links);
     let ingest = Ingest::new(hub.clone(), links.clone());
-    let (publisher, publisher_link) = Publisher::new(publish_listener, ingest).map_err(|e| {
-        let _ = fs::remove_file(&socket_path);
-        StartError::Runtime(format!("cannot start the publish thread: {e}"))
-    })?;
+    let (publisher, publisher_link) = Publisher::new(publish_listener, ingest)
+        .map_err(|e| StartError::Runtime(format!("cannot start the publish thread: {e}")))?;
 
     let mut handles = Vec::new();
     for (i, r) in reactors.into_iter().enumerate() {
@@ -283,6 +320,6 @@ pub fn serve(config: Config) -> Result<(), StartError> {
     if handles.iter().any(|h| !h.is_finished()) {
         warn!("drain did not finish in time; exiting anyway");
     }
-    let _ = fs::remove_file(&socket_path);
+    drop(socket_file);
     Ok(())
 }

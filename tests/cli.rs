@@ -197,8 +197,12 @@ fn serve_in_expecting_exit_1(dir: &TempDir, addr: &str, socket: &std::path::Path
 fn address_in_use_is_exit_1() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = taken.local_addr().expect("addr").to_string();
-    let run = serve_expecting_exit_1(&addr);
+    let dir = TempDir::new();
+    let sock = dir.join("x.sock");
+    let run = serve_in_expecting_exit_1(&dir, &addr, &sock);
     assert!(run.stdout.is_empty());
+    // The publish socket was bound before the listener failed: a failed start removes it.
+    assert!(!sock.exists(), "a failed start left its socket file");
     drop(taken);
 }
 
@@ -254,9 +258,18 @@ fn stale_socket_file_is_replaced() {
     }
     assert!(sock.exists());
     let s = Server::start_in(dir, sock, &[], &["--threads", "1"]);
-    let c0 = s.cursor_now("a");
-    let id = s.publish("a", "\"x\"");
-    let p = check_poll(&s.http().request(&poll_target(&["a"], Some(&c0), Some(0))));
+    assert_publishing_reaches_pollers(&s);
+}
+
+/// Publishes once through `server`'s socket path; a poll from just before gets exactly it.
+fn assert_publishing_reaches_pollers(server: &Server) {
+    let c0 = server.cursor_now("a");
+    let id = server.publish("a", "\"x\"");
+    let p = check_poll(
+        &server
+            .http()
+            .request(&poll_target(&["a"], Some(&c0), Some(0))),
+    );
     assert_eq!(p.ids(), vec![id]);
 }
 
@@ -374,17 +387,148 @@ fn publish_subcommand_bad_arguments() {
         assert_eq!(run.code(), Some(2), "{args:?}: stderr {:?}", run.stderr);
         run.one_stderr_line();
     }
-    // Data that is not JSON is refused by the client (2) or the server (1).
-    let run = run_pnsd(
-        &["publish", "--socket", sock, "a", "{not json"],
-        &s.dir.path,
-    );
+    // Data that is not JSON is a bad argument, located in what the user typed (not in the
+    // line the client builds around it).
+    for (data, place) in [
+        ("{not json", "line 1 column 2"),
+        ("hello", "line 1 column 1"),
+    ] {
+        let run = run_pnsd(&["publish", "--socket", sock, "a", data], &s.dir.path);
+        assert_eq!(run.code(), Some(2), "{data}: stderr {:?}", run.stderr);
+        let line = run.one_stderr_line();
+        assert!(
+            line.contains("JSON is not valid") && line.ends_with(place),
+            "{data}: {line:?}"
+        );
+        assert!(run.stdout.is_empty(), "{data}: {:?}", run.stdout);
+    }
+    assert_eq!(s.stats()["published"], 0);
+}
+
+#[test]
+fn every_subcommand_prints_its_usage_on_help() {
+    let dir = TempDir::new();
+    for (sub, synopsis) in [
+        ("serve", "usage: pnsd [serve]"),
+        ("publish", "usage: pnsd publish"),
+        ("stats", "usage: pnsd stats"),
+        ("token", "usage: pnsd token"),
+    ] {
+        for flag in ["--help", "-h"] {
+            let run = run_pnsd(&[sub, flag], &dir.path);
+            assert_eq!(run.code(), Some(0), "{sub} {flag}: stderr {:?}", run.stderr);
+            assert!(run.stderr.is_empty(), "{sub} {flag}: {:?}", run.stderr);
+            assert!(
+                run.stdout.starts_with(synopsis) && run.stdout.matches("usage:").count() == 1,
+                "{sub} {flag}: {:?}",
+                run.stdout
+            );
+        }
+    }
+    // Without a subcommand: every usage.
+    let run = run_pnsd(&["--help"], &dir.path);
+    assert_eq!(run.code(), Some(0), "stderr {:?}", run.stderr);
+    for synopsis in ["pnsd [serve]", "pnsd publish", "pnsd stats", "pnsd token"] {
+        assert!(
+            run.stdout.contains(&format!("usage: {synopsis}")),
+            "{}",
+            run.stdout
+        );
+    }
     assert!(
-        matches!(run.code(), Some(1) | Some(2)),
-        "stderr {:?}",
+        !dir.join("pnsd.sock").exists(),
+        "help must not start anything"
+    );
+}
+
+#[test]
+fn the_same_listen_address_twice_is_exit_2() {
+    // Port 1 is never bindable by a test: the check must fire before any bind (which would
+    // be exit 1).
+    expect_usage_error(
+        &["--listen", "127.0.0.1:1", "--listen", "127.0.0.1:1"],
+        &["127.0.0.1:1"],
+    );
+}
+
+#[test]
+fn a_missing_secret_file_is_exit_1() {
+    let dir = TempDir::new();
+    let missing = dir.join("no-such-key");
+    let missing = missing.to_str().expect("utf-8");
+    let sock = dir.join("s.sock");
+    let run = run_pnsd(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--publish-socket",
+            sock.to_str().expect("utf-8"),
+            "--secret-file",
+            missing,
+        ],
+        &dir.path,
+    );
+    assert_eq!(run.code(), Some(1), "serve: stderr {:?}", run.stderr);
+    assert!(
+        run.one_stderr_line().contains("no-such-key"),
+        "{:?}",
         run.stderr
     );
-    assert_eq!(s.stats()["published"], 0);
+    assert!(!sock.exists());
+    let run = run_pnsd(
+        &["token", "--secret-file", missing, "--channel", "a"],
+        &dir.path,
+    );
+    assert_eq!(run.code(), Some(1), "token: stderr {:?}", run.stderr);
+    assert!(
+        run.one_stderr_line().contains("no-such-key"),
+        "{:?}",
+        run.stderr
+    );
+    assert!(run.stdout.is_empty(), "{:?}", run.stdout);
+}
+
+/// SIGTERMs `server` and asserts it exits 0 after its drain (its temp dir stays until drop).
+fn stop(server: &mut Server) {
+    server.signal(libc::SIGTERM);
+    let status = server
+        .wait_exit(DEADLINE)
+        .expect("pnsd exits after SIGTERM");
+    assert_eq!(status.code(), Some(0), "{}", server.stderr_text());
+}
+
+#[test]
+fn an_exiting_server_leaves_the_next_servers_socket_alone() {
+    // A rolling restart: A's socket path is taken over by B while A still runs (here A's file
+    // is moved aside, as if A's listener were gone), then A exits. B keeps its socket.
+    let mut a = Server::start(&["--threads", "1"]);
+    let aside = a.dir.join("a-aside.sock");
+    std::fs::rename(&a.socket, &aside).expect("move A's socket aside");
+    let b = Server::start_in(TempDir::new(), a.socket.clone(), &[], &["--threads", "1"]);
+    stop(&mut a);
+    let meta = std::fs::symlink_metadata(&b.socket).expect("B's socket file survives A's exit");
+    assert!(meta.file_type().is_socket());
+    assert_publishing_reaches_pollers(&b);
+}
+
+#[test]
+fn an_exiting_server_leaves_a_file_put_at_its_path_alone() {
+    let mut a = Server::start(&["--threads", "1"]);
+    let path = a.socket.clone();
+    std::fs::remove_file(&path).expect("unlink A's socket");
+    std::fs::write(&path, b"not yours").expect("write a regular file");
+    stop(&mut a);
+    assert_eq!(
+        std::fs::read(&path).expect("the file is still there"),
+        b"not yours"
+    );
+}
+
+#[test]
+fn an_exiting_server_removes_its_own_socket() {
+    let mut a = Server::start(&["--threads", "1"]);
+    stop(&mut a);
+    assert!(!a.socket.exists(), "the socket file was left behind");
 }
 
 #[test]
