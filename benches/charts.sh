@@ -61,7 +61,7 @@ if [ "${1:-}" = --record ]; then
     run_info "$2" "$3" >"$2/run-info.txt"
     exit 0
 fi
-case "${1:-}" in -h|--help) sed -n '3,/^set -euo/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'; exit 0 ;; esac
+case "${1:-}" in -h|--help) sed -n '2,/^set -euo/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'; exit 0 ;; esac
 [ $# -le 1 ] || die "usage: $0 [DIR]"
 dir=${1:-${CARGO_TARGET_DIR:-$(cd "$(dirname "$0")/.." && pwd)/target}/peers}
 [ -d "$dir" ] || die "no results directory $dir (run benches/peers.sh first)"
