@@ -11,14 +11,14 @@ use std::path::PathBuf;
 use lexopt::prelude::*;
 
 use crate::client;
-use crate::config::{Config, DEFAULT_PUBLISH_SOCKET};
+use crate::config::{Config, DEFAULT_PUBLISH_SOCKET, MAX_TIMEOUT_SECS};
 use crate::query::valid_channel;
 use crate::reactor::MAX_LISTENERS;
 
 /// Default lifetime of a minted token (contract: 3600 s).
 pub const DEFAULT_TOKEN_TTL: u64 = 3600;
 
-const USAGE: &str = "usage: pnsd [serve] [--listen ADDR]... [--publish-socket PATH] [--threads N] [--hold SECS] [--max-hold SECS] [--buffer N] [--message-ttl SECS] [--max-connections N] [--secret-file PATH] [--allow-anonymous] [--cors-origin ORIGIN] [--publish-socket-mode OCTAL]
+const USAGE: &str = "usage: pnsd [serve] [--listen ADDR]... [--publish-socket PATH] [--threads N] [--hold SECS] [--max-hold SECS] [--buffer N] [--message-ttl SECS] [--max-connections N] [--secret-file PATH] [--allow-anonymous] [--cors-origin ORIGIN] [--publish-socket-mode OCTAL] [--head-timeout SECS] [--idle-timeout SECS] [--write-timeout SECS]
        pnsd publish [--socket PATH] [--type N] CHANNEL JSON
        pnsd stats [--socket PATH]
        pnsd token --secret-file PATH --channel C [--channel C2 ...] [--ttl SECS] [--sub ID]";
@@ -127,7 +127,27 @@ fn parse_serve(p: &mut lexopt::Parser) -> Result<Cmd, String> {
                 }
                 c.cors_origin = Some(o);
             }
+            Long("head-timeout") => {
+                c.head_timeout_secs = num("--head-timeout", p.value().map_err(err)?)?
+            }
+            Long("idle-timeout") => {
+                c.idle_timeout_secs = num("--idle-timeout", p.value().map_err(err)?)?
+            }
+            Long("write-timeout") => {
+                c.write_timeout_secs = num("--write-timeout", p.value().map_err(err)?)?
+            }
             other => return Err(other.unexpected().to_string()),
+        }
+    }
+    for (name, secs) in [
+        ("--head-timeout", c.head_timeout_secs),
+        ("--idle-timeout", c.idle_timeout_secs),
+        ("--write-timeout", c.write_timeout_secs),
+    ] {
+        if secs == 0 || secs > MAX_TIMEOUT_SECS {
+            return Err(format!(
+                "{name} must be between 1 and {MAX_TIMEOUT_SECS} seconds"
+            ));
         }
     }
     if !listen.is_empty() {
@@ -324,6 +344,23 @@ mod tests {
             (2, 9, Some(5))
         );
         assert_eq!(c.cors_origin.as_deref(), Some("*"));
+        assert_eq!(
+            (
+                c.head_timeout_secs,
+                c.idle_timeout_secs,
+                c.write_timeout_secs
+            ),
+            (10, 75, 30)
+        );
+        let c = serve("--head-timeout 1 --idle-timeout 2 --write-timeout 3");
+        assert_eq!(
+            (
+                c.head_timeout_secs,
+                c.idle_timeout_secs,
+                c.write_timeout_secs
+            ),
+            (1, 2, 3)
+        );
         let c = serve("--listen 0.0.0.0:0 --allow-anonymous");
         assert!(c.allow_anonymous);
         let c = serve("--listen 0.0.0.0:0 --secret-file /x");
@@ -348,6 +385,9 @@ mod tests {
             "frobnicate",
             "--publish-socket-mode 0644x",
             "--publish-socket-mode 0400",
+            "--head-timeout 0",
+            "--idle-timeout 86401",
+            "--write-timeout x",
         ] {
             assert!(parse_str(bad).is_err(), "{bad}");
         }

@@ -212,12 +212,12 @@ pub fn serve(config: Config) -> Result<(), StartError> {
     ));
     let mut links = Vec::with_capacity(threads);
     let mut reactors = Vec::with_capacity(threads);
-    for l in listeners {
+    for (i, l) in listeners.into_iter().enumerate() {
         let setup = || -> io::Result<(Reactor, ReactorLink)> {
             let poll = Poll::new()?;
             let waker = Waker::new(poll.registry(), WAKER)?;
             let (tx, rx) = mpsc::channel();
-            let r = Reactor::new(poll, l, hub.clone(), rx)?;
+            let r = Reactor::new(poll, l, hub.clone(), rx, i, hub.clock.clone())?;
             Ok((
                 r,
                 ReactorLink {
