@@ -612,6 +612,12 @@ impl<S: Transport> Conn<S> {
         } else if loaded {
             self.keep_input(&[], skip);
         }
+        if self.phase == Phase::Idle && self.has_input() && !self.has_output() {
+            // Bytes of a pipelined request arrived with the previous one: its head deadline
+            // runs from now, not the idle deadline.
+            self.phase = Phase::Head;
+            step.timer = Some(cx.after_secs(cx.hub.config.head_timeout_secs));
+        }
         step.next = next;
         step
     }
