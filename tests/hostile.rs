@@ -867,3 +867,63 @@ fn deeply_nested_data_is_published_without_harm() {
     );
     round_trip(&server, "alive");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Memory a non-reading client pins (issue 8)
+
+/// Clients that ask for a large backlog and never read it.
+const HOARDERS: usize = 200;
+/// The backlog: messages of `HOARD_DATA` bytes (just under the 64 KiB line limit) each.
+const HOARD_MESSAGES: usize = 100;
+const HOARD_DATA: usize = 60 * 1024;
+/// The bound asserted on the server's resident growth for all the hoarders: far below one
+/// private copy of the answer per client (200 x 6 MB = 1.2 GB), far above the few KiB each
+/// really holds (HTTP head and 100 references), so allocator noise cannot fail it.
+const HOARD_BOUND_KIB: u64 = 100 * 1024;
+
+#[test]
+fn clients_that_never_read_a_large_backlog_pin_little_memory() {
+    let server = Server::start(&["--buffer", "100", "--threads", "2"]);
+    let cursor = server.cursor_now("big");
+    let mut publisher = server.publisher();
+    for i in 0..HOARD_MESSAGES {
+        let data = format!("\"{}{}\"", i % 10, "m".repeat(HOARD_DATA - 1));
+        publisher.publish("big", &data);
+    }
+    // One client reads the whole backlog: 100 messages of 60 KiB, written completely.
+    let mut reader = server.http();
+    let all = check_poll(&reader.request(&poll_target(&["big"], Some(&cursor), Some(0))));
+    assert_eq!(all.msgs.len(), HOARD_MESSAGES);
+    assert!(all
+        .msgs
+        .iter()
+        .all(|m| m["data"].as_str().map(str::len) == Some(HOARD_DATA)));
+    let before = server.rss_kib();
+    let request = get_request(&poll_target(&["big"], Some(&cursor), Some(0)));
+    let mut hoarders = Vec::new();
+    for _ in 0..HOARDERS {
+        // A small receive buffer, so the kernel holds little of each answer either.
+        let sock = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+        sock.set_recv_buffer_size(4096).expect("rcvbuf");
+        sock.connect(&server.addr.into()).expect("connect");
+        let mut c = HttpConn::from_stream(sock.into());
+        c.send(&request);
+        hoarders.push(c);
+    }
+    // Every answer has started: each is built and held by the server now.
+    for c in &mut hoarders {
+        c.wait_first_byte();
+    }
+    let after = server.rss_kib();
+    let grown = after.saturating_sub(before);
+    eprintln!(
+        "{HOARDERS} clients holding unread answers of {HOARD_MESSAGES} x {HOARD_DATA} B: \
+         server RSS {before} -> {after} KiB, {} B per client",
+        grown * 1024 / HOARDERS as u64
+    );
+    assert!(
+        grown < HOARD_BOUND_KIB,
+        "the server grew by {grown} KiB for {HOARDERS} non-reading clients"
+    );
+    assert_eq!(server.stats()["connections"], HOARDERS as u64 + 1);
+}
