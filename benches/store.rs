@@ -7,7 +7,8 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use pnsd::poll::{answer, MAX_PER_ANSWER};
+use pnsd::answer::encode as answer;
+use pnsd::poll::MAX_PER_ANSWER;
 use pnsd::store::Store;
 
 /// Timed rounds per case; the best is reported.
