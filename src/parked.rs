@@ -310,3 +310,188 @@ impl Parked {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::conn::Next;
+    use crate::pool::BufferPool;
+
+    /// A subscriber that records its answers.
+    #[derive(Default)]
+    struct Fake {
+        after: u64,
+        waits: u32,
+        close: bool,
+        expired: bool,
+        answers: Vec<(Out, bool)>,
+    }
+
+    impl Subscriber for Fake {
+        fn is_parked(&self) -> bool {
+            self.waits != waiters::NIL
+        }
+        fn after(&self) -> u64 {
+            self.after
+        }
+        fn waits(&self) -> u32 {
+            self.waits
+        }
+        fn set_waits(&mut self, first: u32) {
+            self.waits = first;
+        }
+        fn closes_after(&self) -> bool {
+            self.close
+        }
+        fn token_expired(&self, _now: u64) -> bool {
+            self.expired
+        }
+        fn answer(&mut self, out: Out, delivered: bool, _cx: &mut Ctx<'_>) -> Step {
+            self.answers.push((out, delivered));
+            Step {
+                next: Next::Wait,
+                timer: None,
+                delivered: u32::from(delivered),
+            }
+        }
+    }
+
+    struct World {
+        hub: Hub,
+        pool: BufferPool,
+        parked: Parked,
+        subs: Slab<Fake>,
+    }
+
+    impl World {
+        fn new() -> World {
+            let hub = Hub::new(Config::default(), 100, None, 9);
+            World {
+                parked: Parked::new(16, 9, 0),
+                hub,
+                pool: BufferPool::new(16, 1),
+                subs: Slab::new(),
+            }
+        }
+
+        fn park(&mut self, channels: &[&str], after: u64) -> u32 {
+            let key = self.subs.insert(Fake {
+                after,
+                waits: waiters::NIL,
+                ..Fake::default()
+            }) as u32;
+            let sub = &mut self.subs[key as usize];
+            self.parked.park(key, sub, channels, &self.hub);
+            key
+        }
+
+        fn publish(&self, channel: &str) -> u64 {
+            let m = self
+                .hub
+                .write()
+                .publish(vec![channel.into()].into(), None, "1", 0);
+            m.seq
+        }
+
+        fn wake(&mut self, channel: &str, last_seq: u64) -> Vec<(u32, Step)> {
+            let mut steps = Vec::new();
+            let mut cx = Ctx {
+                hub: &self.hub,
+                pool: &mut self.pool,
+                now: 0,
+            };
+            self.parked
+                .on_published(channel, last_seq, &mut self.subs, &mut cx, &mut steps);
+            steps
+        }
+
+        fn gauge(&self) -> (usize, usize) {
+            let g = &self.hub.gauges[0];
+            (
+                g.parked.load(Ordering::Relaxed),
+                g.waiting_channels.load(Ordering::Relaxed),
+            )
+        }
+    }
+
+    fn text(out: &Out) -> String {
+        let a = match out {
+            Out::Own(a) => a,
+            Out::Shared(a) => &**a,
+        };
+        match a {
+            Answer::Flat(v) => String::from_utf8_lossy(v).into_owned(),
+            Answer::Refs(_) => panic!("small answers are flat"),
+        }
+    }
+
+    #[test]
+    fn one_encoding_for_the_same_channel_and_cursor() {
+        let mut w = World::new();
+        let a1 = w.park(&["a"], 0);
+        let a2 = w.park(&["a"], 0);
+        let both = w.park(&["a", "b"], 0);
+        let other = w.park(&["b"], 0);
+        assert_eq!(w.gauge(), (4, 2));
+        let seq = w.publish("a");
+        let steps = w.wake("a", seq);
+        assert_eq!(steps.len(), 3);
+        let shared = |k: u32| match &w.subs[k as usize].answers[0].0 {
+            Out::Shared(a) => a.clone(),
+            Out::Own(_) => panic!("a single-channel answer is shared"),
+        };
+        assert!(Arc::ptr_eq(&shared(a1), &shared(a2)));
+        let own = &w.subs[both as usize].answers[0];
+        assert!(matches!(own.0, Out::Own(_)) && own.1);
+        assert_eq!(text(&own.0), text(&w.subs[a1 as usize].answers[0].0));
+        assert!(w.subs[other as usize].answers.is_empty());
+        assert_eq!(w.gauge(), (1, 1), "the answered ones left the index");
+    }
+
+    #[test]
+    fn an_expired_token_gets_401_not_the_message() {
+        let mut w = World::new();
+        let k = w.park(&["a"], 0);
+        w.subs[k as usize].expired = true;
+        let seq = w.publish("a");
+        let steps = w.wake("a", seq);
+        assert_eq!(steps.len(), 1);
+        assert_eq!(steps[0].1.delivered, 0);
+        let (out, delivered) = &w.subs[k as usize].answers[0];
+        assert!(!delivered);
+        let t = text(out);
+        assert!(
+            t.starts_with("HTTP/1.1 401 ") && t.contains("token_expired"),
+            "{t}"
+        );
+        assert!(!t.contains("Connection: close"), "{t}");
+    }
+
+    #[test]
+    fn hold_over_answers_even_if_empty_and_drain_keeps_the_cursor() {
+        let mut w = World::new();
+        let seq = w.publish("elsewhere");
+        let k1 = w.park(&["a"], seq);
+        let k2 = w.park(&["a"], seq);
+        // A publish on another channel's seq does not wake them.
+        assert!(w.wake("a", seq).is_empty());
+        let mut steps = Vec::new();
+        let mut cx = Ctx {
+            hub: &w.hub,
+            pool: &mut w.pool,
+            now: 0,
+        };
+        w.parked
+            .on_hold_over(&[k1], &mut w.subs, &mut cx, &mut steps);
+        let t = text(&w.subs[k1 as usize].answers[0].0);
+        assert!(t.contains("{\"c\":0,"), "{t}");
+        w.subs[k2 as usize].close = true;
+        w.parked.on_drain(&[k2], &mut w.subs, &mut cx, &mut steps);
+        let t = text(&w.subs[k2 as usize].answers[0].0);
+        let cursor = crate::cursor::encode(9, seq);
+        assert!(t.contains(&format!("\"cursor\":\"{cursor}\"")), "{t}");
+        assert!(t.contains("Connection: close"), "{t}");
+        assert_eq!(w.gauge(), (0, 0));
+    }
+}

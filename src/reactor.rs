@@ -235,14 +235,50 @@ impl Reactor {
                     self.parked.park(key, c, &p.channels, &self.hub);
                 }
             }
-            Next::Answer => {
-                let mut steps = std::mem::take(&mut self.steps);
-                let (mut cx, conns) = (cx!(self), &mut self.conns);
-                self.parked.on_hold_over(&[key], conns, &mut cx, &mut steps);
-                self.apply_all(&mut steps);
-                self.steps = steps;
+            Next::Answer => self.answer_parked(&[key], false),
+        }
+    }
+
+    /// Has `parked` answer the parked subscribers `keys` (hold or token over, or the drain's
+    /// answer) with one encode-once cache, and applies their steps.
+    fn answer_parked(&mut self, keys: &[u32], drain: bool) {
+        let mut steps = std::mem::take(&mut self.steps);
+        let (mut cx, conns) = (cx!(self), &mut self.conns);
+        if drain {
+            self.parked.on_drain(keys, conns, &mut cx, &mut steps);
+        } else {
+            self.parked.on_hold_over(keys, conns, &mut cx, &mut steps);
+        }
+        self.apply_all(&mut steps);
+        self.steps = steps;
+    }
+
+    /// Runs the timer (or, `drain`, the drain) entry point of each of `keys`; those that ask
+    /// for their parked answer are answered together. A timer entry whose connection is armed
+    /// again (re-armed, or a new connection in the slot) since its timer fired is skipped.
+    fn due(&mut self, keys: &[u32], drain: bool) {
+        let mut held = std::mem::take(&mut self.held);
+        for &key in keys {
+            let (mut cx, conns) = (cx!(self), &mut self.conns);
+            let Some(c) = conns.get_mut(key as usize) else {
+                continue;
+            };
+            let step = if drain {
+                c.on_drain(&mut cx)
+            } else if c.timer_armed() {
+                continue;
+            } else {
+                c.on_timer(&mut cx)
+            };
+            if matches!(step.next, Next::Answer) {
+                held.push(key);
+            } else {
+                self.apply(key, step);
             }
         }
+        self.answer_parked(&held, drain);
+        held.clear();
+        self.held = held;
     }
 
     fn apply_all(&mut self, steps: &mut Vec<(u32, Step)>) {
@@ -345,32 +381,9 @@ impl Reactor {
                 .advance(&mut self.conns, tick_up(self.now), &mut expired);
         }
         let end = expired.len().min(self.expired_at + EXPIRE_SLICE);
-        let mut held = std::mem::take(&mut self.held);
-        for &key in &expired[self.expired_at..end] {
-            let (mut cx, conns) = (cx!(self), &mut self.conns);
-            let Some(c) = conns.get_mut(key as usize) else {
-                continue;
-            };
-            if c.timer_armed() {
-                // Re-armed (or a new connection in the slot) since its timer fired.
-                continue;
-            }
-            let step = c.on_timer(&mut cx);
-            if matches!(step.next, Next::Answer) {
-                held.push(key);
-            } else {
-                self.apply(key, step);
-            }
-        }
+        self.due(&expired[self.expired_at..end], false);
         self.expired_at = end;
         self.expired = expired;
-        let mut steps = std::mem::take(&mut self.steps);
-        let (mut cx, conns) = (cx!(self), &mut self.conns);
-        self.parked.on_hold_over(&held, conns, &mut cx, &mut steps);
-        held.clear();
-        self.held = held;
-        self.apply_all(&mut steps);
-        self.steps = steps;
     }
 
     // ---- commands from other threads
@@ -412,23 +425,6 @@ impl Reactor {
             let _ = self.poll.registry().deregister(&mut l);
         }
         let keys: Vec<u32> = self.conns.iter().map(|(k, _)| k as u32).collect();
-        let mut held = Vec::new();
-        for key in keys {
-            let (mut cx, conns) = (cx!(self), &mut self.conns);
-            let Some(c) = conns.get_mut(key as usize) else {
-                continue;
-            };
-            let step = c.on_drain(&mut cx);
-            if matches!(step.next, Next::Answer) {
-                held.push(key);
-            } else {
-                self.apply(key, step);
-            }
-        }
-        let mut steps = std::mem::take(&mut self.steps);
-        let (mut cx, conns) = (cx!(self), &mut self.conns);
-        self.parked.on_drain(&held, conns, &mut cx, &mut steps);
-        self.apply_all(&mut steps);
-        self.steps = steps;
+        self.due(&keys, true);
     }
 }

@@ -3,7 +3,8 @@
 //! Order matters: everything that can fail (secret, publish socket, every listener of every
 //! thread) is done before any thread starts and before the start-up line is printed, so a
 //! failed start leaves nothing behind (a socket file it created is removed) and a printed line
-//! means the server is reachable at every address it names.
+//! means the server is reachable at every address it names. Each reactor gets its index (its
+//! entry in `hub.gauges`) and the hub's clock.
 
 use std::fs;
 use std::io::{self, Write as _};

@@ -5,8 +5,9 @@
 //! one list head per slot, so arming, moving and cancelling a timer allocate nothing and cost
 //! O(1). The caller lends the links on every call through [`TimerNodes`].
 //!
-//! Time is a parameter: ticks are plain `u32` values handed in by the caller (pnsd uses 100 ms
-//! ticks), and the wheel never reads a clock.
+//! Time is a parameter: ticks are plain `u32` values handed in by the caller (pnsd uses
+//! `TICK_MS` = 100 ms ticks: `tick_up` for deadlines that must not fire early, `tick_down` for
+//! one that must not fire late, a token's expiry), and the wheel never reads a clock.
 //!
 //! Invariants (checked by `check_invariants` in the tests):
 //! - A link is armed exactly when its `next` is not [`NIL`]; an unarmed link has `prev == next
