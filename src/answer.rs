@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use crate::cursor;
 use crate::response::{self, Extra};
-use crate::sockio::Segments;
+use crate::sockio::{self, Segments};
 use crate::store::{Found, Message};
 
 /// Bodies up to this size are copied into one buffer: one page, so one `send` of contiguous
@@ -91,25 +91,11 @@ impl Segments for Answer {
         }
     }
 
-    fn slices_from<'a>(&'a self, mut pos: usize, out: &mut [IoSlice<'a>]) -> usize {
-        let r = match self {
-            Answer::Flat(v) => return v[..].slices_from(pos, out),
-            Answer::Refs(r) => r,
-        };
-        let mut n = 0;
-        for p in r.parts() {
-            if pos >= p.len() {
-                pos -= p.len();
-                continue;
-            }
-            if n == out.len() {
-                break;
-            }
-            out[n] = IoSlice::new(&p[pos..]);
-            pos = 0;
-            n += 1;
+    fn slices_from<'a>(&'a self, pos: usize, out: &mut [IoSlice<'a>]) -> usize {
+        match self {
+            Answer::Flat(v) => v[..].slices_from(pos, out),
+            Answer::Refs(r) => sockio::slices_of(r.parts(), pos, out),
         }
-        n
     }
 }
 

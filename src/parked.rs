@@ -184,16 +184,11 @@ impl Parked {
             channel: &channel,
             last_seq,
         };
-        for &key in &keys {
-            if let Some(step) = self.answer_one(key, why, subs, cx) {
-                steps.push((key, step));
-            }
-        }
+        self.answer_all(&keys, why, subs, cx, steps);
         if keys.len() >= 1000 {
             log::debug!("woke {} polls on {channel}", keys.len());
         }
         self.keys = keys;
-        self.shared.clear();
     }
 
     /// Answers subscribers whose hold or token ran out (one slice of the wheel's expiries).
@@ -204,12 +199,7 @@ impl Parked {
         cx: &mut Ctx<'_>,
         steps: &mut Vec<(u32, Step)>,
     ) {
-        for &key in keys {
-            if let Some(step) = self.answer_one(key, Why::HoldOver, subs, cx) {
-                steps.push((key, step));
-            }
-        }
-        self.shared.clear();
+        self.answer_all(keys, Why::HoldOver, subs, cx, steps);
     }
 
     /// The drain's answers: c = 0 at each subscriber's own cursor.
@@ -220,8 +210,20 @@ impl Parked {
         cx: &mut Ctx<'_>,
         steps: &mut Vec<(u32, Step)>,
     ) {
+        self.answer_all(keys, Why::Drain, subs, cx, steps);
+    }
+
+    /// Answers each of `keys` for `why`, sharing encodings between them.
+    fn answer_all<C: Subscriber>(
+        &mut self,
+        keys: &[u32],
+        why: Why<'_>,
+        subs: &mut Slab<C>,
+        cx: &mut Ctx<'_>,
+        steps: &mut Vec<(u32, Step)>,
+    ) {
         for &key in keys {
-            if let Some(step) = self.answer_one(key, Why::Drain, subs, cx) {
+            if let Some(step) = self.answer_one(key, why, subs, cx) {
                 steps.push((key, step));
             }
         }

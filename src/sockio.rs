@@ -83,6 +83,28 @@ pub trait Segments {
     fn slices_from<'a>(&'a self, pos: usize, out: &mut [IoSlice<'a>]) -> usize;
 }
 
+/// `Segments::slices_from` for bytes made of `parts` in order: skips to byte `pos`, fills `out`.
+pub fn slices_of<'a>(
+    parts: impl Iterator<Item = &'a [u8]>,
+    mut pos: usize,
+    out: &mut [IoSlice<'a>],
+) -> usize {
+    let mut n = 0;
+    for p in parts {
+        if pos >= p.len() {
+            pos -= p.len();
+            continue;
+        }
+        if n == out.len() {
+            break;
+        }
+        out[n] = IoSlice::new(&p[pos..]);
+        pos = 0;
+        n += 1;
+    }
+    n
+}
+
 impl Segments for [u8] {
     fn total_len(&self) -> usize {
         self.len()
@@ -316,21 +338,8 @@ mod tests {
         fn total_len(&self) -> usize {
             self.0.iter().map(|p| p.len()).sum()
         }
-        fn slices_from<'a>(&'a self, mut pos: usize, out: &mut [IoSlice<'a>]) -> usize {
-            let mut n = 0;
-            for p in &self.0 {
-                if pos >= p.len() {
-                    pos -= p.len();
-                    continue;
-                }
-                if n == out.len() {
-                    break;
-                }
-                out[n] = IoSlice::new(&p[pos..]);
-                pos = 0;
-                n += 1;
-            }
-            n
+        fn slices_from<'a>(&'a self, pos: usize, out: &mut [IoSlice<'a>]) -> usize {
+            slices_of(self.0.iter().copied(), pos, out)
         }
     }
 

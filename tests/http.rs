@@ -379,6 +379,23 @@ fn other_methods_on_known_paths_are_405_with_allow() {
     assert_eq!(c.request("/pns/health").status, 200);
 }
 
+/// Sends `HEAD path` and a closing `GET /pns/health` in one write, reads to the close; returns
+/// the first answer's head, everything after it, and the whole text.
+fn head_then_health(s: &Server, path: &str) -> (String, String, String) {
+    let mut sock = std::net::TcpStream::connect(s.addr).expect("connect");
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let req = format!(
+        "HEAD {path} HTTP/1.1\r\n\r\nGET /pns/health HTTP/1.1\r\nConnection: close\r\n\r\n"
+    );
+    std::io::Write::write_all(&mut sock, req.as_bytes()).expect("send");
+    let mut all = Vec::new();
+    std::io::Read::read_to_end(&mut sock, &mut all).expect("read");
+    let text = String::from_utf8(all).expect("utf-8");
+    let (head, rest) = text.split_once("\r\n\r\n").expect("a head");
+    (head.to_string(), rest.to_string(), text.clone())
+}
+
 #[test]
 fn head_on_poll_is_405_and_on_health_is_answered_without_a_body() {
     // Issue 8: load balancers health-check with HEAD.
@@ -389,18 +406,7 @@ fn head_on_poll_is_405_and_on_health_is_answered_without_a_body() {
     assert_eq!(r.status, 405);
     assert_eq!(r.header("allow"), Some("GET, OPTIONS"));
     // HEAD /pns/health: 200, the GET's headers, no body, and the connection stays in step.
-    let mut sock = std::net::TcpStream::connect(s.addr).expect("connect");
-    sock.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    std::io::Write::write_all(
-        &mut sock,
-        b"HEAD /pns/health HTTP/1.1\r\n\r\nGET /pns/health HTTP/1.1\r\nConnection: close\r\n\r\n",
-    )
-    .expect("send");
-    let mut all = Vec::new();
-    std::io::Read::read_to_end(&mut sock, &mut all).expect("read");
-    let text = String::from_utf8(all).expect("utf-8");
-    let (head, rest) = text.split_once("\r\n\r\n").expect("a head");
+    let (head, rest, text) = head_then_health(&s, "/pns/health");
     assert!(head.starts_with("HTTP/1.1 200 "), "{text}");
     assert!(head.contains("Content-Length: 11"), "{text}");
     assert!(
@@ -850,18 +856,7 @@ fn large_answers_are_written_completely() {
 fn head_answer_has_no_body_and_keeps_the_connection_in_step() {
     // Found by fuzzing: a body after a HEAD answer would be read as the next response.
     let s = Server::start(&["--threads", "1"]);
-    let mut sock = std::net::TcpStream::connect(s.addr).expect("connect");
-    sock.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    std::io::Write::write_all(
-        &mut sock,
-        b"HEAD /pns/poll?channel=a HTTP/1.1\r\n\r\nGET /pns/health HTTP/1.1\r\nConnection: close\r\n\r\n",
-    )
-    .expect("send");
-    let mut all = Vec::new();
-    std::io::Read::read_to_end(&mut sock, &mut all).expect("read");
-    let text = String::from_utf8(all).expect("utf-8");
-    let (head, rest) = text.split_once("\r\n\r\n").expect("a head");
+    let (head, rest, text) = head_then_health(&s, "/pns/poll?channel=a");
     assert!(head.starts_with("HTTP/1.1 405 "), "{text}");
     assert!(head.contains("Allow: GET, OPTIONS"), "{text}");
     assert!(
