@@ -97,6 +97,13 @@ impl Segments for Answer {
             Answer::Refs(r) => sockio::slices_of(r.parts(), pos, out),
         }
     }
+
+    fn contiguous(&self) -> Option<&[u8]> {
+        match self {
+            Answer::Flat(v) => Some(v),
+            Answer::Refs(_) => None,
+        }
+    }
 }
 
 /// The whole HTTP response answering a poll on `channels` with what `found` holds.

@@ -428,3 +428,7 @@ impl Reactor {
         self.due(&keys, true);
     }
 }
+
+#[cfg(test)]
+#[path = "reactor_tests.rs"]
+mod tests;

@@ -81,6 +81,10 @@ pub trait Segments {
     /// Fills `out` with the slices that follow byte `pos` (the first one cut at `pos`), as
     /// many as fit; returns how many were filled (0 only when nothing follows `pos`).
     fn slices_from<'a>(&'a self, pos: usize, out: &mut [IoSlice<'a>]) -> usize;
+    /// All the bytes, when they are one slice (written with plain writes, no slice array).
+    fn contiguous(&self) -> Option<&[u8]> {
+        None
+    }
 }
 
 /// `Segments::slices_from` for bytes made of `parts` in order: skips to byte `pos`, fills `out`.
@@ -119,6 +123,10 @@ impl Segments for [u8] {
             _ => 0,
         }
     }
+
+    fn contiguous(&self) -> Option<&[u8]> {
+        Some(self)
+    }
 }
 
 /// Slices per vectored write: a full answer of 100 messages is ~600 slices, so a few calls;
@@ -132,6 +140,10 @@ pub fn write_segments<W: Write + ?Sized, B: Segments + ?Sized>(
     bytes: &B,
     pos: &mut usize,
 ) -> io::Result<bool> {
+    if let Some(all) = bytes.contiguous() {
+        *pos += write_some(sock, all.get(*pos..).unwrap_or_default())?;
+        return Ok(*pos >= all.len());
+    }
     let total = bytes.total_len();
     while *pos < total {
         let mut iov = [IoSlice::new(&[]); IOV_BATCH];
