@@ -18,10 +18,11 @@ use crate::response::{self, Extra};
 use crate::sockio::{self, Segments};
 use crate::store::{Found, Message};
 
-/// Bodies up to this size are copied into one buffer: one page, so one `send` of contiguous
-/// bytes for the common answer of a few small messages (the fan-out and re-poll hot paths),
-/// while a large backlog costs a client references, not copies.
-pub const FLAT_MAX: usize = 4096;
+/// Bodies up to this size are copied into one buffer, so the common answer of a few small
+/// messages (the fan-out and re-poll hot paths) is one `send` of contiguous bytes; larger ones
+/// are written by reference. 2 KiB is about what the references of a full answer (100 x 16
+/// bytes) cost anyway, so a client that does not read holds at most ~2.5 KiB either way.
+pub const FLAT_MAX: usize = 2048;
 
 /// Response bytes; see the module documentation.
 #[derive(Debug)]
