@@ -7,8 +7,9 @@
 use std::hint::black_box;
 use std::time::Instant;
 
+use pnsd::answer::encode as answer;
 use pnsd::line::{parse_line, Request};
-use pnsd::poll::{answer, MAX_PER_ANSWER};
+use pnsd::poll::MAX_PER_ANSWER;
 use pnsd::store::Store;
 
 /// Timed rounds per case; the best is reported.

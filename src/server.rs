@@ -3,7 +3,8 @@
 //! Order matters: everything that can fail (secret, publish socket, every listener of every
 //! thread) is done before any thread starts and before the start-up line is printed, so a
 //! failed start leaves nothing behind (a socket file it created is removed) and a printed line
-//! means the server is reachable at every address it names.
+//! means the server is reachable at every address it names. Each reactor gets its index (its
+//! entry in `hub.gauges`) and the hub's clock.
 //!
 //! The publish socket's path is removed (on a failed start and at exit) only while it is still
 //! the socket this process bound, recognised by the device and inode recorded right after the
@@ -254,12 +255,12 @@ pub fn serve(config: Config) -> Result<(), StartError> {
     ));
     let mut links = Vec::with_capacity(threads);
     let mut reactors = Vec::with_capacity(threads);
-    for l in listeners {
+    for (i, l) in listeners.into_iter().enumerate() {
         let setup = || -> io::Result<(Reactor, ReactorLink)> {
             let poll = Poll::new()?;
             let waker = Waker::new(poll.registry(), WAKER)?;
             let (tx, rx) = mpsc::channel();
-            let r = Reactor::new(poll, l, hub.clone(), rx)?;
+            let r = Reactor::new(poll, l, hub.clone(), rx, i, hub.clock.clone())?;
             Ok((
                 r,
                 ReactorLink {

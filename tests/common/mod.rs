@@ -186,6 +186,17 @@ impl Server {
     }
 
     /// Waits (bounded) until exactly `n` polls are parked.
+    /// The server's resident memory in KiB (`VmRSS` of /proc/PID/status).
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("read /proc/PID/status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/PID/status")
+    }
+
     pub fn wait_parked(&self, n: u64) -> Value {
         self.wait_stat("parked", n)
     }
