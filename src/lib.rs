@@ -11,6 +11,7 @@
 //! - `wheel`: the hashed timer wheel of hold, head, idle and write deadlines;
 //! - `store`, `cursor`: channel buffers, the global message order and cursors;
 //! - `publish`: the Unix publish socket (NDJSON) and its thread;
+//! - `systemd`: socket activation (inherited listeners) and sd_notify state messages;
 //! - `fleet`: fleet mode's Redis side (the log, the epoch, the publisher client, the feed thread);
 //! - `backoff`: accept back-off on EMFILE; `hub`: what the threads share; `pool`: read buffers; `cli`, `client`, `config`.
 
@@ -31,6 +32,7 @@ pub mod reactor;
 pub mod response;
 pub mod server;
 pub mod store;
+pub mod systemd;
 pub mod token;
 pub mod waiters;
 pub mod wheel;
