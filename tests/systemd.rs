@@ -7,7 +7,8 @@
 //! fork; `sh` needs nothing beyond a Debian base system). One test uses the real
 //! `systemd-socket-activate` (Debian's `systemd` package), skipped loudly when it is missing
 //! unless `PNSD_REQUIRE_ALL=1`. The notify tests bind a Unix datagram socket and name it in
-//! `NOTIFY_SOCKET`.
+//! `NOTIFY_SOCKET`. The shipped units (`dist/systemd`) are checked against the names pnsd
+//! reads and with `systemd-analyze verify` (skipped the same way without it).
 
 mod common;
 
@@ -375,4 +376,78 @@ fn systemd_socket_activate_starts_pnsd_on_the_first_connection() {
     let st = server.wait_exit(DEADLINE).expect("exit after SIGTERM");
     assert!(st.success(), "{st:?}");
     assert!(socket.exists(), "pnsd removed the activator's socket file");
+}
+
+/// The shipped units (`dist/systemd`), with `ExecStart=` pointed at the binary under test.
+fn shipped_units(into: &TempDir) -> Vec<PathBuf> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("dist/systemd");
+    ["pnsd.service", "pnsd.socket", "pnsd-publish.socket"]
+        .iter()
+        .map(|name| {
+            let text = std::fs::read_to_string(src.join(name))
+                .unwrap_or_else(|e| panic!("read dist/systemd/{name}: {e}"));
+            let path = into.join(name);
+            std::fs::write(&path, text.replace("/usr/local/bin/pnsd", BIN)).expect("write unit");
+            path
+        })
+        .collect()
+}
+
+/// The `KEY=value` lines of a unit file.
+fn unit_values(path: &Path, key: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(path).expect("read unit");
+    let prefix = format!("{key}=");
+    text.lines()
+        .filter_map(|l| l.strip_prefix(&prefix).map(str::to_owned))
+        .collect()
+}
+
+#[test]
+fn shipped_units_pass_systemd_analyze_and_name_the_roles_pnsd_reads() {
+    let dir = TempDir::new();
+    let units = shipped_units(&dir);
+    let (service, http, publish) = (&units[0], &units[1], &units[2]);
+    assert_eq!(
+        unit_values(http, "FileDescriptorName"),
+        [pnsd::systemd::HTTP]
+    );
+    assert_eq!(
+        unit_values(publish, "FileDescriptorName"),
+        [pnsd::systemd::PUBLISH]
+    );
+    let backlog = pnsd::server::LISTEN_BACKLOG.to_string();
+    for socket in [http, publish] {
+        assert_eq!(unit_values(socket, "Service"), ["pnsd.service"]);
+        assert_eq!(unit_values(socket, "Backlog"), [backlog.as_str()]);
+    }
+    assert_eq!(
+        unit_values(service, "Sockets"),
+        ["pnsd.socket pnsd-publish.socket"]
+    );
+    assert_eq!(unit_values(service, "Type"), ["notify"]);
+    // The publish socket pnsd would bind itself is the one the socket unit creates.
+    let exec = unit_values(service, "ExecStart").join(" ");
+    let listen = unit_values(publish, "ListenStream").join(" ");
+    assert!(
+        exec.contains(&format!("--publish-socket {listen} ")),
+        "{exec}"
+    );
+
+    const TEST: &str = "shipped_units_pass_systemd_analyze_and_name_the_roles_pnsd_reads";
+    if !program_available(TEST, "systemd-analyze", "apt-get install systemd") {
+        return;
+    }
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .args(&units)
+        .current_dir(&dir.path)
+        .output()
+        .expect("run systemd-analyze");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // It reports problems (unknown keys, bad values) as warnings naming the file, with exit 0.
+    assert!(
+        out.status.success() && !stderr.contains("pnsd"),
+        "systemd-analyze verify: {:?}\n{stderr}",
+        out.status
+    );
 }
