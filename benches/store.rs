@@ -7,6 +7,7 @@
 use std::hint::black_box;
 use std::time::Instant;
 
+use pnsd::line::{parse_line, Request};
 use pnsd::poll::{answer, MAX_PER_ANSWER};
 use pnsd::store::Store;
 
@@ -98,5 +99,28 @@ fn main() {
     let found = s.read(&chan, last - 1, 0, MAX_PER_ANSWER);
     best("encode answer, 1 message", R, |_| {
         black_box(answer(&found, &chan, 1, false, None));
+    });
+
+    wide_publish();
+}
+
+/// Issue 8.6: one line naming `WIDE` channels (about as many short names as a 64 KiB line
+/// holds), parsed (repeats removed) and appended. Both were quadratic once (~170 ms).
+fn wide_publish() {
+    const WIDE: usize = 8000;
+    let names: Vec<String> = (0..WIDE).map(|i| format!("c{i}")).collect();
+    let line = format!(
+        "{{\"channels\":[\"{}\"],\"data\":{DATA}}}",
+        names.join("\",\"")
+    );
+    best("parse a line naming 8,000 channels", 20, |_| {
+        black_box(parse_line(line.as_bytes()).is_ok());
+    });
+    let Ok(Request::Publish(p)) = parse_line(line.as_bytes()) else {
+        panic!("the wide line parses");
+    };
+    let mut s = Store::new(1, BUFFER, TTL_MS);
+    best("publish, one message on 8,000 channels", 20, |_| {
+        black_box(s.publish(p.channels.clone(), None, &p.data, 0));
     });
 }

@@ -264,6 +264,9 @@ fn parse_serve(p: &mut lexopt::Parser) -> Result<Cmd, String> {
             Long("max-connections") => {
                 c.max_connections = Some(num("--max-connections", p.value().map_err(err)?)?)
             }
+            Long("max-publishers") => {
+                c.max_publishers = num("--max-publishers", p.value().map_err(err)?)?
+            }
             Long("secret-file") => c.secret_file = Some(p.value().map_err(err)?.into()),
             Long("allow-anonymous") => c.allow_anonymous = true,
             Long("cors-origin") => {
@@ -305,6 +308,9 @@ fn parse_serve(p: &mut lexopt::Parser) -> Result<Cmd, String> {
     }
     if c.message_ttl_secs == 0 {
         return Err("--message-ttl must be at least 1 second".into());
+    }
+    if c.max_publishers == 0 {
+        return Err("--max-publishers must be at least 1".into());
     }
     if c.max_connections == Some(0) {
         return Err("--max-connections must be at least 1".into());
@@ -484,6 +490,8 @@ mod tests {
         assert_eq!(c.cors_origin.as_deref(), Some("*"));
         let c = serve("--listen 0.0.0.0:0 --allow-anonymous");
         assert!(c.allow_anonymous);
+        assert_eq!(c.max_publishers, crate::config::DEFAULT_MAX_PUBLISHERS);
+        assert_eq!(serve("--max-publishers 3").max_publishers, 3);
         let c = serve("--listen 0.0.0.0:0 --secret-file /x");
         assert!(c.secret_file.is_some());
     }
@@ -498,6 +506,8 @@ mod tests {
             "--buffer 0",
             "--message-ttl 0",
             "--max-connections 0",
+            "--max-publishers 0",
+            "--max-publishers -1",
             "--listen nowhere",
             "--listen 0.0.0.0:8080",
             "--bogus",

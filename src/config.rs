@@ -10,6 +10,10 @@ pub const DEFAULT_HOLD_SECS: u64 = 30;
 pub const DEFAULT_MAX_HOLD_SECS: u64 = 120;
 pub const DEFAULT_BUFFER: usize = 64;
 pub const DEFAULT_MESSAGE_TTL_SECS: u64 = 600;
+/// Publisher connections served at once: a host runs a few publishing services, each with a
+/// connection or a small pool; the bound keeps publishers from taking the descriptors of HTTP
+/// clients (it fits in `FD_RESERVE`).
+pub const DEFAULT_MAX_PUBLISHERS: usize = 64;
 /// File descriptors kept back from `--max-connections`' default: listeners, the publish socket
 /// and its clients, epoll and waker fds, log files, with room to spare.
 pub const FD_RESERVE: u64 = 128;
@@ -31,6 +35,8 @@ pub struct Config {
     pub secret_file: Option<PathBuf>,
     pub allow_anonymous: bool,
     pub cors_origin: Option<String>,
+    /// Publisher connections served at once; one more gets an error line and is closed.
+    pub max_publishers: usize,
 }
 
 impl Default for Config {
@@ -50,6 +56,7 @@ impl Default for Config {
             secret_file: None,
             allow_anonymous: false,
             cors_origin: None,
+            max_publishers: DEFAULT_MAX_PUBLISHERS,
         }
     }
 }

@@ -1,8 +1,8 @@
 //! State shared by every thread of one server run: the channel store, the counters of the
 //! stats line, the clock, the token secret, and the way to reach each reactor.
 //!
-//! Invariants: the store is only written by the publish thread (and its TTL sweep); the
-//! counters are updated with relaxed atomics (they are reports, not synchronisation); the clock
+//! Invariants: the store is only written through `ingest` (appends and the TTL sweep), from
+//! whichever threads publish; the counters are updated with relaxed atomics (they are reports, not synchronisation); the clock
 //! is monotonic milliseconds since start, and every deadline in pnsd is expressed on it.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -10,6 +10,7 @@ use std::sync::{mpsc, Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Instant;
 
 use crate::config::Config;
+use crate::stats::WaitingReply;
 use crate::store::Store;
 use crate::token::Secret;
 
@@ -53,8 +54,9 @@ pub enum Command {
         last_seq: u64,
         channels: Arc<[Box<str>]>,
     },
-    /// Report the channels that have parked polls on this thread.
-    WaitingChannels(mpsc::Sender<Vec<Box<str>>>),
+    /// Report the channels that have parked polls on this thread, through the reply (which
+    /// wakes the asker; see `stats`).
+    WaitingChannels(WaitingReply),
     /// Start the drain of section 6.
     Drain,
 }
@@ -70,6 +72,16 @@ impl ReactorLink {
     /// Queues `cmd` and wakes the reactor; false if it is gone.
     pub fn send(&self, cmd: Command) -> bool {
         self.commands.send(cmd).is_ok() && self.waker.wake().is_ok()
+    }
+
+    /// A link to no reactor, for tests: its commands are read from the receiver; its waker
+    /// belongs to the returned poll, which nobody runs.
+    #[cfg(test)]
+    pub fn detached() -> (ReactorLink, mpsc::Receiver<Command>, mio::Poll) {
+        let poll = mio::Poll::new().expect("poll");
+        let waker = mio::Waker::new(poll.registry(), mio::Token(0)).expect("waker");
+        let (commands, rx) = mpsc::channel();
+        (ReactorLink { commands, waker }, rx, poll)
     }
 }
 

@@ -10,7 +10,10 @@
 //! - `waiters`: which parked polls wait on which channel (per reactor);
 //! - `wheel`: the hashed timer wheel of hold, head, idle and write deadlines;
 //! - `store`, `cursor`: channel buffers, the global message order and cursors;
-//! - `publish`: the Unix publish socket (NDJSON) and its thread;
+//! - `publish`: the Unix publish socket's thread (socket I/O only); `line`: its NDJSON line
+//!   protocol (framing, parsing, answer lines), no I/O;
+//! - `ingest`: the one way into the store: appends in short lock holds and wakes the reactors;
+//! - `stats`: the stats figures, gathered from the reactors without blocking, and rendered;
 //! - `systemd`: socket activation (inherited listeners) and sd_notify state messages;
 //! - `fleet`: fleet mode's Redis side (the log, the epoch, the publisher client, the feed thread);
 //! - `backoff`: accept back-off on EMFILE; `hub`: what the threads share; `pool`: read buffers; `cli`, `client`, `config`.
@@ -24,6 +27,8 @@ pub mod cursor;
 pub mod fleet;
 pub mod http;
 pub mod hub;
+pub mod ingest;
+pub mod line;
 pub mod poll;
 pub mod pool;
 pub mod publish;
@@ -31,6 +36,7 @@ pub mod query;
 pub mod reactor;
 pub mod response;
 pub mod server;
+pub mod stats;
 pub mod store;
 pub mod systemd;
 pub mod token;

@@ -33,6 +33,7 @@ use socket2::{Domain, Socket, Type};
 use crate::config::{Config, FD_RESERVE};
 use crate::cursor;
 use crate::hub::{Command, Hub, ReactorLink};
+use crate::ingest::Ingest;
 use crate::publish::Publisher;
 use crate::reactor::{Reactor, DRAIN_MS, WAKER};
 use crate::systemd;
@@ -345,7 +346,8 @@ pub fn serve(config: Config) -> Result<(), StartError> {
         links.push(link);
     }
     let links = Arc::new(links);
-    let (publisher, publisher_link) = Publisher::new(publish_listener, hub.clone(), links.clone())
+    let ingest = Ingest::new(hub.clone(), links.clone());
+    let (publisher, publisher_link) = Publisher::new(publish_listener, ingest)
         .map_err(|e| StartError::Runtime(format!("cannot start the publish thread: {e}")))?;
 
     let mut handles = Vec::new();
