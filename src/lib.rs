@@ -21,6 +21,7 @@
 //!   protocol (framing, parsing, answer lines), no I/O;
 //! - `ingest`: the one way into the store: appends in short lock holds and wakes the reactors;
 //! - `stats`: the stats figures, gathered from the reactors without blocking, and rendered;
+//! - `systemd`: socket activation (inherited listeners) and sd_notify state messages;
 //! - `fleet`: fleet mode's Redis side (the log, the epoch, the publisher client, the feed thread);
 //! - `backoff`: accept back-off on EMFILE; `hub`: what the threads share (store, counters,
 //!   per-reactor gauges, clock); `pool`: read buffers; `cli`, `client`, `config`.
@@ -48,6 +49,7 @@ pub mod server;
 pub mod sockio;
 pub mod stats;
 pub mod store;
+pub mod systemd;
 pub mod token;
 pub mod waiters;
 pub mod wheel;
