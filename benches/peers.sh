@@ -13,11 +13,15 @@
 #   PNSD_BIN / LOADGEN_BIN: use these executables instead of building them with cargo.
 #
 # What it does: installs nginx-light, libnginx-mod-nchan, libjetty9-java (and javac, curl, jq,
-# procps) with apt-get when missing, or prints exactly what is missing and exits 1; builds pnsd
+# procps, gnuplot-nox) with apt-get when missing, or prints exactly what is missing and exits 1; builds pnsd
 # and the loadgen with cargo and the Jetty peer with benches/jetty/build.sh; raises the open-file
 # soft limit to the hard limit capped at 20,000 (never beyond) for every server and the loadgen.
 # Results: TARGET/peers/<server>.json (loadgen --json), TARGET/peers/<server>.txt (its output),
-# TARGET/peers/peers.md (the table), run directories with server logs in TARGET/peers/run-*/.
+# TARGET/peers/peers.md (the table), run directories with server logs in TARGET/peers/run-*/,
+# and the pictures drawn by benches/charts.sh (which redraws them from TARGET/peers alone):
+# parked-bytes.png (userland bytes per parked poll) and fanout-cdf.png (per-subscriber fan-out
+# latency), their data files (*.dat) and gnuplot scripts (*.gp), and run-info.txt (the date,
+# commit and machine of the run, which the pictures' titles name).
 # Exit status: 0 when every server ran every scenario, 1 otherwise. Every server started is
 # stopped on exit, failure and interrupt included.
 set -euo pipefail
@@ -97,6 +101,7 @@ missing_pkgs() {
     command -v curl >/dev/null || m+=(curl)
     command -v jq >/dev/null || m+=(jq)
     command -v pgrep >/dev/null || m+=(procps)
+    command -v gnuplot >/dev/null || m+=(gnuplot-nox)
     echo "${m[@]+"${m[@]}"}"
 }
 need=$(missing_pkgs)
@@ -161,6 +166,8 @@ jetty_cp=$(cat "$out/jetty-build/classpath")
 # ---------------------------------------------------------------------------- processes
 run="$out/run-$(date -u +%Y%m%dT%H%M%SZ)"
 mkdir -p "$run"
+# The date, commit and machine of this run, for the pictures' titles.
+"$repo/benches/charts.sh" --record "$out" "$servers" || die "benches/charts.sh --record failed"
 started=()   # every pid this script started (servers, nginx workers); stopped by the trap
 
 # alive PID: the process exists and is not a zombie waiting to be reaped.
@@ -287,6 +294,13 @@ for s in ${servers//,/ }; do
     ran+=("$s")
 done
 
+# ---------------------------------------------------------------------------- pictures
+pictures="parked-bytes.png, fanout-cdf.png"
+if ! "$repo/benches/charts.sh" "$out"; then
+    say "benches/charts.sh $out failed: no or partial pictures"; status=1
+    pictures="failed, see the output of benches/charts.sh $out"
+fi
+
 # ---------------------------------------------------------------------------- table
 # fig FILE JQ-EXPR: a figure from a result file, "n/a" when absent or null.
 fig() {
@@ -323,9 +337,10 @@ fig() {
          "Jetty $(dpkg-query -W -f '${Version}' libjetty9-java 2>/dev/null || echo '?') on $(java -version 2>&1 | head -n 1)."
     echo
     echo "Command: benches/peers.sh${orig_args[*]+" ${orig_args[*]}"}"
+    echo "Pictures: $pictures (redraw with benches/charts.sh $out)"
     echo "Loadgen options: ${loadgen_args[*]}"
 } >"$out/peers.md"
 echo
 cat "$out/peers.md"
-say "results: $out/peers.md, $out/*.json"
+say "results: $out/peers.md, $out/*.json, $out/*.png"
 exit $status

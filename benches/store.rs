@@ -12,7 +12,9 @@ use std::hint::black_box;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use pnsd::poll::{answer, MAX_PER_ANSWER};
+use pnsd::answer::encode as answer;
+use pnsd::line::{parse_line, Request};
+use pnsd::poll::MAX_PER_ANSWER;
 use pnsd::store::Store;
 use pnsd::waiters::Waiters;
 
@@ -144,6 +146,7 @@ fn main() {
         black_box(answer(&found, &chan, 1, false, None));
     });
     drop((s, s3, found));
+    wide_publish();
 
     big_store("glibc defaults");
     // Without fastbins, freed small chunks coalesce as they are freed, instead of all at once in
@@ -155,6 +158,27 @@ fn main() {
         big_store("M_MXFAST=0");
     }
     parked_polls();
+}
+
+/// Issue 8.6: one line naming `WIDE` channels (about as many short names as a 64 KiB line
+/// holds), parsed (repeats removed) and appended. Both were quadratic once (~170 ms).
+fn wide_publish() {
+    const WIDE: usize = 8000;
+    let names: Vec<String> = (0..WIDE).map(|i| format!("c{i}")).collect();
+    let line = format!(
+        "{{\"channels\":[\"{}\"],\"data\":{DATA}}}",
+        names.join("\",\"")
+    );
+    best("parse a line naming 8,000 channels", 20, |_| {
+        black_box(parse_line(line.as_bytes()).is_ok());
+    });
+    let Ok(Request::Publish(p)) = parse_line(line.as_bytes()) else {
+        panic!("the wide line parses");
+    };
+    let mut s = Store::new(1, BUFFER, TTL_MS, MANY);
+    best("publish, one message on 8,000 channels", 20, |_| {
+        black_box(s.publish(p.channels.clone(), None, &p.data, 0).ok());
+    });
 }
 
 /// A million channels of one message each: bytes per channel, publish cost at that size, and

@@ -3,7 +3,7 @@
 //! EMFILE, ENFILE, ENOBUFS and ENOMEM leave the pending connection in the kernel's backlog, and
 //! an edge-triggered listener gets no new edge for it, so the owner must retry by itself; it
 //! must not retry at once either, or a full fd table spins the loop at 100 % CPU. Both the
-//! reactors and the publish thread use this. Invariants: while paused, the owner does not call
+//! reactors (through `sockio::accept`) and the publish thread use this. Invariants: while paused, the owner does not call
 //! `accept`; the failure is logged at most once per `WARN_EVERY_MS`. Time is a parameter (ms).
 
 use log::warn;

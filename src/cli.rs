@@ -12,7 +12,7 @@ use lexopt::prelude::*;
 use serde_json::value::RawValue;
 
 use crate::client;
-use crate::config::{Config, DEFAULT_PUBLISH_SOCKET};
+use crate::config::{Config, DEFAULT_PUBLISH_SOCKET, MAX_TIMEOUT_SECS};
 use crate::query::valid_channel;
 use crate::reactor::MAX_LISTENERS;
 
@@ -267,6 +267,9 @@ fn parse_serve(p: &mut lexopt::Parser) -> Result<Cmd, String> {
             Long("max-channels") => {
                 c.max_channels = num("--max-channels", p.value().map_err(err)?)?
             }
+            Long("max-publishers") => {
+                c.max_publishers = num("--max-publishers", p.value().map_err(err)?)?
+            }
             Long("secret-file") => c.secret_file = Some(p.value().map_err(err)?.into()),
             Long("allow-anonymous") => c.allow_anonymous = true,
             Long("cors-origin") => {
@@ -276,6 +279,15 @@ fn parse_serve(p: &mut lexopt::Parser) -> Result<Cmd, String> {
                 }
                 c.cors_origin = Some(o);
             }
+            Long("head-timeout") => {
+                c.head_timeout_secs = num("--head-timeout", p.value().map_err(err)?)?
+            }
+            Long("idle-timeout") => {
+                c.idle_timeout_secs = num("--idle-timeout", p.value().map_err(err)?)?
+            }
+            Long("write-timeout") => {
+                c.write_timeout_secs = num("--write-timeout", p.value().map_err(err)?)?
+            }
             other => return Err(other.unexpected().to_string()),
         }
     }
@@ -283,6 +295,17 @@ fn parse_serve(p: &mut lexopt::Parser) -> Result<Cmd, String> {
     for (i, a) in listen.iter().enumerate() {
         if a.port() != 0 && listen[..i].contains(a) {
             return Err(format!("--listen {a} is given twice"));
+        }
+    }
+    for (name, secs) in [
+        ("--head-timeout", c.head_timeout_secs),
+        ("--idle-timeout", c.idle_timeout_secs),
+        ("--write-timeout", c.write_timeout_secs),
+    ] {
+        if secs == 0 || secs > MAX_TIMEOUT_SECS {
+            return Err(format!(
+                "{name} must be between 1 and {MAX_TIMEOUT_SECS} seconds"
+            ));
         }
     }
     if !listen.is_empty() {
@@ -311,6 +334,9 @@ fn parse_serve(p: &mut lexopt::Parser) -> Result<Cmd, String> {
     }
     if c.max_channels == 0 {
         return Err("--max-channels must be at least 1".into());
+    }
+    if c.max_publishers == 0 {
+        return Err("--max-publishers must be at least 1".into());
     }
     if c.max_connections == Some(0) {
         return Err("--max-connections must be at least 1".into());
@@ -488,10 +514,29 @@ mod tests {
             (2, 9, Some(5))
         );
         assert_eq!(c.cors_origin.as_deref(), Some("*"));
+        assert_eq!(
+            (
+                c.head_timeout_secs,
+                c.idle_timeout_secs,
+                c.write_timeout_secs
+            ),
+            (10, 75, 30)
+        );
+        let c = serve("--head-timeout 1 --idle-timeout 2 --write-timeout 3");
+        assert_eq!(
+            (
+                c.head_timeout_secs,
+                c.idle_timeout_secs,
+                c.write_timeout_secs
+            ),
+            (1, 2, 3)
+        );
         let c = serve("--listen 0.0.0.0:0 --allow-anonymous");
         assert!(c.allow_anonymous);
         assert_eq!(c.max_channels, 1_000_000);
         assert_eq!(serve("--max-channels 7").max_channels, 7);
+        assert_eq!(c.max_publishers, crate::config::DEFAULT_MAX_PUBLISHERS);
+        assert_eq!(serve("--max-publishers 3").max_publishers, 3);
         let c = serve("--listen 0.0.0.0:0 --secret-file /x");
         assert!(c.secret_file.is_some());
     }
@@ -508,6 +553,8 @@ mod tests {
             "--max-connections 0",
             "--max-channels 0",
             "--max-channels x",
+            "--max-publishers 0",
+            "--max-publishers -1",
             "--listen nowhere",
             "--listen 0.0.0.0:8080",
             "--bogus",
@@ -516,6 +563,9 @@ mod tests {
             "frobnicate",
             "--publish-socket-mode 0644x",
             "--publish-socket-mode 0400",
+            "--head-timeout 0",
+            "--idle-timeout 86401",
+            "--write-timeout x",
         ] {
             assert!(parse_str(bad).is_err(), "{bad}");
         }

@@ -1,4 +1,7 @@
 //! The server's configuration, as the command line gives it (see `cli`).
+//!
+//! Invariants (checked by `cli`): every timeout is 1..=`MAX_TIMEOUT_SECS` seconds; the defaults
+//! are the contract's (PROTOCOL.md section 1).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -13,6 +16,19 @@ pub const DEFAULT_MESSAGE_TTL_SECS: u64 = 600;
 /// Channels the store holds at most: a dense host with a channel per user (a million users)
 /// fits, and a publisher inventing names stops there, at a few hundred MB (see tuning.md).
 pub const DEFAULT_MAX_CHANNELS: usize = 1_000_000;
+/// Publisher connections served at once: a host runs a few publishing services, each with a
+/// connection or a small pool; the bound keeps publishers from taking the descriptors of HTTP
+/// clients (it fits in `FD_RESERVE`).
+pub const DEFAULT_MAX_PUBLISHERS: usize = 64;
+/// Contract: a request head must be complete within 10 s of accept or of its first byte.
+pub const DEFAULT_HEAD_TIMEOUT_SECS: u64 = 10;
+/// Contract: a keep-alive connection with no request in flight is closed after 75 s.
+pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 75;
+/// A client that does not take its answer within 30 s is dropped: its output is bounded to one
+/// response, but the slot is not held forever.
+pub const DEFAULT_WRITE_TIMEOUT_SECS: u64 = 30;
+/// Longest accepted timeout option: a day, like `--max-hold`.
+pub const MAX_TIMEOUT_SECS: u64 = 86_400;
 /// File descriptors kept back from `--max-connections`' default: listeners, the publish socket
 /// and its clients, epoll and waker fds, log files, with room to spare.
 pub const FD_RESERVE: u64 = 128;
@@ -36,6 +52,14 @@ pub struct Config {
     pub secret_file: Option<PathBuf>,
     pub allow_anonymous: bool,
     pub cors_origin: Option<String>,
+    /// Publisher connections served at once; one more gets an error line and is closed.
+    pub max_publishers: usize,
+    /// `--head-timeout`: seconds for a request head to arrive.
+    pub head_timeout_secs: u64,
+    /// `--idle-timeout`: seconds a keep-alive connection may wait for its next request.
+    pub idle_timeout_secs: u64,
+    /// `--write-timeout`: seconds a client may take to read its answer.
+    pub write_timeout_secs: u64,
 }
 
 impl Default for Config {
@@ -56,6 +80,10 @@ impl Default for Config {
             secret_file: None,
             allow_anonymous: false,
             cors_origin: None,
+            max_publishers: DEFAULT_MAX_PUBLISHERS,
+            head_timeout_secs: DEFAULT_HEAD_TIMEOUT_SECS,
+            idle_timeout_secs: DEFAULT_IDLE_TIMEOUT_SECS,
+            write_timeout_secs: DEFAULT_WRITE_TIMEOUT_SECS,
         }
     }
 }

@@ -1,121 +1,418 @@
-//! One HTTP connection: its socket, where it stands, and the bytes it owns right now.
+//! One HTTP connection's life: a state machine over a transport, with private state and one
+//! entry point per event. Each entry point returns a [`Step`]: what the owner (the reactor)
+//! must do next — wait, come back later, park the poll, let `parked` answer it, or close — and
+//! the tick to re-arm the connection's one timer at.
 //!
-//! A connection is in one `Phase` at a time:
-//! - `Head`: a request head is expected and has started (or the connection is new): the 10 s
-//!   head deadline runs.
-//! - `Idle`: keep-alive between requests, no byte of the next one yet: the 75 s idle deadline runs.
-//! - `Parked`: a poll waits; `waits` links it into the reactor's `Waiters`, `after` is its
-//!   cursor, the hold deadline runs. Nothing is read while parked (a pipelined request waits in
-//!   the kernel or in `pending.input`), but a hang-up is noticed through RDHUP.
+//! A connection is in one phase at a time:
+//! - `Head`: a request head is expected and has started (or the connection is new): the head
+//!   deadline (`--head-timeout`, 10 s) runs.
+//! - `Idle`: keep-alive between requests, no byte of the next one yet: the idle deadline
+//!   (`--idle-timeout`, 75 s) runs.
+//! - `Parked`: a poll waits; `waits` links it into `parked`'s waiter index, `after` is its
+//!   cursor, the hold deadline runs (or the token's expiry, when that comes first). Nothing is
+//!   read while parked (a pipelined request waits in the kernel or in `pending.input`), but a
+//!   hang-up is noticed through RDHUP.
 //!
 //! Output that could not be written at once is in `pending.out`; while it is there no further
 //! request is taken (one response in flight per connection bounds its memory) and the write
-//! deadline runs instead of the phase's.
+//! deadline (`--write-timeout`, 30 s) runs instead of the phase's.
 //!
 //! Invariants (density): an idle or parked connection without pipelined input owns no heap
-//! memory at all (`pending` is `None`); the entry is 40 bytes; its one timer is the
-//! `TimerLink` inside it.
+//! memory at all (`pending` is `None`); its own state beside the socket is at most 40 bytes
+//! (flags are bits of one byte); its one timer is the `TimerLink` inside it. A response in
+//! flight owns at most one [`Answer`] (bounded, see `answer`). Readiness is edge-triggered: the
+//! readable bit is cleared only by a read that drained the socket or hit its end.
 
-use std::io::{self, Read, Write};
+use std::io::{Read, Write};
 use std::sync::Arc;
 
-use mio::net::TcpStream;
 use slab::Slab;
 
+use crate::answer::Answer;
+use crate::http::{self, Method, MAX_HEAD};
+use crate::hub::Hub;
+use crate::poll::{self, Outcome, Park};
+use crate::pool::BufferPool;
+use crate::response::{self, ApiError};
+use crate::sockio::{self, ReadEnd};
 use crate::waiters;
-use crate::wheel::{TimerLink, TimerNodes};
+use crate::wheel::{tick_down, tick_up, TimerLink, TimerNodes};
+
+/// What a connection reads and writes: a TCP stream, or an in-memory fake in the tests.
+pub trait Transport: Read + Write {}
+impl<T: Read + Write> Transport for T {}
+
+/// Requests one connection may have handled per turn (pipelining) before others get a turn.
+pub const MAX_REQUESTS_PER_TURN: usize = 32;
+/// A body larger than this on a non-GET request is not skipped: the connection is closed.
+const MAX_SKIP: u64 = 1 << 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
+enum Phase {
     Head,
     Idle,
     Parked,
 }
 
+/// Close once the response in flight is written.
+const CLOSE_AFTER: u8 = 1;
+/// A readable edge arrived and the socket was not drained since.
+const READABLE: u8 = 2;
+/// The peer shut down its side (EOF or RDHUP).
+const READ_CLOSED: u8 = 4;
+/// Parked, and the armed timer is the token's expiry (not the hold's end).
+const TOKEN_TIMER: u8 = 8;
+
 /// Response bytes: owned by one connection, or one encoding shared by every subscriber that
 /// gets the same answer.
 #[derive(Debug)]
-pub enum OutBytes {
-    Owned(Vec<u8>),
-    Shared(Arc<Vec<u8>>),
+pub enum Out {
+    Own(Answer),
+    Shared(Arc<Answer>),
 }
 
-impl OutBytes {
-    fn as_slice(&self) -> &[u8] {
+impl Out {
+    fn answer(&self) -> &Answer {
         match self {
-            OutBytes::Owned(v) => v,
-            OutBytes::Shared(a) => a,
+            Out::Own(a) => a,
+            Out::Shared(a) => a,
         }
     }
 }
 
 /// What a connection owns beyond its entry, only while it has it.
 #[derive(Debug, Default)]
-pub struct Pending {
+struct Pending {
     /// Received bytes not yet parsed (the start of the next request).
-    pub input: Vec<u8>,
+    input: Vec<u8>,
     /// Body bytes of the previous request still to discard.
-    pub skip: u64,
+    skip: u64,
     /// A response not yet fully written, and how much of it was.
-    pub out: Option<(OutBytes, usize)>,
+    out: Option<(Out, usize)>,
+}
+
+/// What the owner does next with a connection.
+#[derive(Debug)]
+pub enum Next {
+    /// Nothing until the next readiness, wake-up or timer.
+    Wait,
+    /// More to do: call `on_turn` after the others had a turn.
+    Later,
+    /// The connection parked this poll: link it into the waiter index under its channels.
+    Park(Park),
+    /// A parked poll must be answered now (hold or token over, drain): `parked` builds it.
+    Answer,
+    /// Close the connection (and forget it everywhere).
+    Close,
+}
+
+/// The result of one entry point.
+#[derive(Debug)]
+pub struct Step {
+    pub next: Next,
+    /// Re-arm the connection's timer at this tick.
+    pub timer: Option<u32>,
+    /// Answers with at least one message that were handed to the socket (the `delivered`
+    /// counter; counted here, where every answer passes).
+    pub delivered: u32,
+}
+
+impl Step {
+    fn new(next: Next) -> Step {
+        Step {
+            next,
+            timer: None,
+            delivered: 0,
+        }
+    }
+}
+
+/// What an entry point needs from its reactor.
+pub struct Ctx<'a> {
+    pub hub: &'a Hub,
+    pub pool: &'a mut BufferPool,
+    /// The reactor's clock (ms) for this turn.
+    pub now: u64,
+}
+
+impl Ctx<'_> {
+    fn after_secs(&self, secs: u64) -> u32 {
+        tick_up(self.now.saturating_add(secs.saturating_mul(1000)))
+    }
+
+    fn cors(&self) -> Option<&str> {
+        self.hub.config.cors_origin.as_deref()
+    }
 }
 
 /// See the module documentation.
 #[derive(Debug)]
-pub struct Conn {
-    pub sock: TcpStream,
-    pub timer: TimerLink,
-    pub phase: Phase,
-    /// Close once the response in flight is written.
-    pub close_after: bool,
-    /// A readable edge arrived and the socket was not read to `WouldBlock` since.
-    pub readable: bool,
-    /// The peer shut down its side (EOF or RDHUP).
-    pub read_closed: bool,
-    /// First `Waiters` node while parked, else `waiters::NIL`.
-    pub waits: u32,
+pub struct Conn<S> {
+    sock: S,
+    timer: TimerLink,
+    /// First waiter node while parked, else `waiters::NIL` (set by `parked`).
+    waits: u32,
     /// The parked poll's cursor seq.
-    pub after: u64,
-    pub pending: Option<Box<Pending>>,
+    after: u64,
+    pending: Option<Box<Pending>>,
+    phase: Phase,
+    flags: u8,
 }
 
-/// How a read ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReadEnd {
-    /// Drained to `WouldBlock`.
-    Drained,
-    /// The buffer is full; more may be waiting.
-    Full,
-    /// End of stream.
-    Eof,
-}
-
-impl Conn {
-    pub fn new(sock: TcpStream) -> Conn {
-        Conn {
+impl<S: Transport> Conn<S> {
+    /// A new connection, with its head deadline to arm.
+    pub fn new(sock: S, cx: &Ctx<'_>) -> (Conn<S>, Step) {
+        let c = Conn {
             sock,
             timer: TimerLink::new(),
-            phase: Phase::Head,
-            close_after: false,
-            readable: false,
-            read_closed: false,
             waits: waiters::NIL,
             after: 0,
             pending: None,
+            phase: Phase::Head,
+            flags: 0,
+        };
+        let mut step = Step::new(Next::Wait);
+        step.timer = Some(cx.after_secs(cx.hub.config.head_timeout_secs));
+        (c, step)
+    }
+
+    pub fn sock_mut(&mut self) -> &mut S {
+        &mut self.sock
+    }
+
+    fn has(&self, flag: u8) -> bool {
+        self.flags & flag != 0
+    }
+
+    fn set(&mut self, flag: u8, on: bool) {
+        if on {
+            self.flags |= flag;
+        } else {
+            self.flags &= !flag;
         }
     }
 
-    pub fn has_output(&self) -> bool {
+    pub fn is_parked(&self) -> bool {
+        self.phase == Phase::Parked
+    }
+
+    /// The parked poll's cursor seq.
+    pub fn after(&self) -> u64 {
+        self.after
+    }
+
+    /// The first waiter node of the parked poll.
+    pub fn waits(&self) -> u32 {
+        self.waits
+    }
+
+    pub fn set_waits(&mut self, first: u32) {
+        self.waits = first;
+    }
+
+    /// The connection closes after its next answer.
+    pub fn closes_after(&self) -> bool {
+        self.has(CLOSE_AFTER)
+    }
+
+    pub fn timer_armed(&self) -> bool {
+        self.timer.is_armed()
+    }
+
+    /// A parked poll whose token has expired at `now`: its timer was the token's and is due (or
+    /// already fired), so no message may be delivered to it any more.
+    pub fn token_expired(&self, now: u64) -> bool {
+        self.is_parked()
+            && self.has(TOKEN_TIMER)
+            && self.timer.deadline().is_none_or(|d| tick_up(now) >= d)
+    }
+
+    fn has_output(&self) -> bool {
         self.pending.as_ref().is_some_and(|p| p.out.is_some())
     }
 
-    /// Bytes of a next (pipelined) request are already here, unparsed.
-    pub fn has_input(&self) -> bool {
+    fn has_input(&self) -> bool {
         self.pending.as_ref().is_some_and(|p| !p.input.is_empty())
     }
 
-    /// Takes the unparsed input, leaving none.
-    pub fn take_input(&mut self) -> (Vec<u8>, u64) {
+    // ---- entry points
+
+    /// A readiness event from the poller.
+    pub fn on_ready(
+        &mut self,
+        readable: bool,
+        read_closed: bool,
+        error: bool,
+        cx: &mut Ctx<'_>,
+    ) -> Step {
+        if error {
+            return Step::new(Next::Close);
+        }
+        if readable {
+            self.set(READABLE, true);
+        }
+        if read_closed {
+            self.set(READ_CLOSED, true);
+        }
+        if self.is_parked() && self.has(READ_CLOSED) {
+            // Contract: a client that hangs up or half-closes while parked is forgotten at once.
+            return Step::new(Next::Close);
+        }
+        self.drive(cx)
+    }
+
+    /// The turn it asked for with `Next::Later`.
+    pub fn on_turn(&mut self, cx: &mut Ctx<'_>) -> Step {
+        self.drive(cx)
+    }
+
+    /// Its timer fired.
+    pub fn on_timer(&mut self, cx: &mut Ctx<'_>) -> Step {
+        if self.has_output() {
+            log::debug!("dropping a client that stopped reading");
+            return Step::new(Next::Close);
+        }
+        match self.phase {
+            Phase::Idle => Step::new(Next::Close),
+            Phase::Parked => Step::new(Next::Answer),
+            Phase::Head => {
+                let mut step = Step::new(Next::Wait);
+                let err = self.error(&response::REQUEST_TIMEOUT, cx);
+                self.respond(err, true, cx, &mut step);
+                step
+            }
+        }
+    }
+
+    /// The drain began: close after the answer in flight; a parked poll is to be answered.
+    pub fn on_drain(&mut self, cx: &mut Ctx<'_>) -> Step {
+        self.set(CLOSE_AFTER, true);
+        if self.has_output() {
+            return Step::new(Next::Wait);
+        }
+        match self.phase {
+            Phase::Parked => Step::new(Next::Answer),
+            Phase::Head if self.has_input() => {
+                let mut step = Step::new(Next::Wait);
+                let err = self.error(&response::DRAINING, cx);
+                self.respond(err, true, cx, &mut step);
+                step
+            }
+            _ => Step::new(Next::Close),
+        }
+    }
+
+    /// A parked poll's answer (from `parked`, which has unlinked it); `delivered` when it
+    /// carries messages.
+    pub fn answer(&mut self, out: Out, delivered: bool, cx: &mut Ctx<'_>) -> Step {
+        let mut step = Step::new(Next::Wait);
+        if !self.is_parked() {
+            return step;
+        }
+        self.phase = Phase::Idle;
+        self.waits = waiters::NIL;
+        self.set(TOKEN_TIMER, false);
+        step.delivered = u32::from(delivered);
+        let close = self.has(CLOSE_AFTER);
+        if self.respond(out, close, cx, &mut step) && (self.has(READABLE) || self.has_input()) {
+            // A pipelined request waits behind the answer: serve it after this turn.
+            step.next = Next::Later;
+        }
+        step
+    }
+
+    // ---- transitions
+
+    fn error(&self, err: &ApiError, cx: &Ctx<'_>) -> Out {
+        Out::Own(Answer::Flat(response::error_bytes(err, true, cx.cors())))
+    }
+
+    /// Starts sending a response; false (and `step.next = Close`) if the connection is to be
+    /// closed now.
+    fn respond(&mut self, out: Out, close: bool, cx: &Ctx<'_>, step: &mut Step) -> bool {
+        if close {
+            self.set(CLOSE_AFTER, true);
+        }
+        let mut pos = 0;
+        match sockio::write_segments(&mut self.sock, out.answer(), &mut pos) {
+            Ok(true) => {
+                if self.has(CLOSE_AFTER) {
+                    step.next = Next::Close;
+                    return false;
+                }
+                self.phase = if self.has_input() {
+                    Phase::Head
+                } else {
+                    Phase::Idle
+                };
+                step.timer = Some(self.next_request_timer(cx));
+                true
+            }
+            Ok(false) => {
+                self.phase = Phase::Idle;
+                self.pending.get_or_insert_with(Box::default).out = Some((out, pos));
+                step.timer = Some(cx.after_secs(cx.hub.config.write_timeout_secs));
+                true
+            }
+            Err(_) => {
+                step.next = Next::Close;
+                false
+            }
+        }
+    }
+
+    /// Continues writing `pending.out`; Ok(true) when nothing is left.
+    fn flush(&mut self) -> std::io::Result<bool> {
+        let Some(p) = self.pending.as_mut() else {
+            return Ok(true);
+        };
+        let Some((out, pos)) = p.out.as_mut() else {
+            return Ok(true);
+        };
+        if !sockio::write_segments(&mut self.sock, out.answer(), pos)? {
+            return Ok(false);
+        }
+        p.out = None;
+        self.drop_pending_if_empty();
+        Ok(true)
+    }
+
+    /// The deadline of a connection waiting for its next request: the head deadline when
+    /// bytes of it are already here, else the keep-alive idle deadline.
+    fn next_request_timer(&self, cx: &Ctx<'_>) -> u32 {
+        let c = &cx.hub.config;
+        cx.after_secs(if self.has_input() {
+            c.head_timeout_secs
+        } else {
+            c.idle_timeout_secs
+        })
+    }
+
+    /// Parks the poll `p`: Ok(timer tick), or Err(the answer now) when its token is about to
+    /// expire before the next tick.
+    fn park(&mut self, p: &Park, cx: &Ctx<'_>) -> Result<u32, ()> {
+        let hold = tick_up(cx.now.saturating_add(p.hold_ms));
+        let mut timer = hold;
+        let mut token_timer = false;
+        if let Some(t) = p.token_ms {
+            // Rounded down: the timer fires no later than the token's exp.
+            let exp = tick_down(cx.now.saturating_add(t));
+            if exp <= tick_up(cx.now) {
+                return Err(());
+            }
+            if exp < hold {
+                timer = exp;
+                token_timer = true;
+            }
+        }
+        self.phase = Phase::Parked;
+        self.after = p.after;
+        self.set(CLOSE_AFTER, p.close);
+        self.set(TOKEN_TIMER, token_timer);
+        Ok(timer)
+    }
+
+    fn take_input(&mut self) -> (Vec<u8>, u64) {
         match self.pending.as_mut() {
             Some(p) => (std::mem::take(&mut p.input), std::mem::take(&mut p.skip)),
             None => (Vec::new(), 0),
@@ -123,7 +420,7 @@ impl Conn {
     }
 
     /// Keeps `rest` (copied to an exact-size buffer) and `skip` for later.
-    pub fn keep_input(&mut self, rest: &[u8], skip: u64) {
+    fn keep_input(&mut self, rest: &[u8], skip: u64) {
         if rest.is_empty() && skip == 0 {
             self.drop_pending_if_empty();
             return;
@@ -143,103 +440,196 @@ impl Conn {
         }
     }
 
-    /// Reads into `buf[*filled..]` until a short read or `WouldBlock` (drained), end of stream,
-    /// or a full buffer.
-    pub fn read_into(&mut self, buf: &mut [u8], filled: &mut usize) -> io::Result<ReadEnd> {
-        // Bounded: each pass either fills bytes or ends.
-        loop {
-            if *filled == buf.len() {
-                return Ok(ReadEnd::Full);
-            }
-            match self.sock.read(&mut buf[*filled..]) {
-                Ok(0) => {
-                    self.read_closed = true;
-                    self.readable = false;
-                    return Ok(ReadEnd::Eof);
+    /// Moves the connection forward as far as it can go now: flush, parse and handle requests,
+    /// read. Borrows a pool buffer only for the call.
+    fn drive(&mut self, cx: &mut Ctx<'_>) -> Step {
+        let mut step = Step::new(Next::Wait);
+        let mut buf: Option<Vec<u8>> = None;
+        let mut filled = 0;
+        let mut start = 0;
+        let mut skip = 0u64;
+        let mut loaded = false;
+        let mut requests = 0;
+        let next = loop {
+            if self.has_output() {
+                match self.flush() {
+                    Ok(true) if !self.has(CLOSE_AFTER) => {
+                        // The write deadline is over; the connection waits for a request again.
+                        step.timer = Some(self.next_request_timer(cx));
+                        continue;
+                    }
+                    Ok(true) => {}
+                    Ok(false) => break Next::Wait,
+                    Err(_) => break Next::Close,
                 }
-                Ok(n) => {
-                    let asked = buf.len() - *filled;
-                    *filled += n;
-                    if n < asked {
-                        // A short read took everything the socket held; bytes arriving later
-                        // raise a new edge. Saves the read that would only say WouldBlock
-                        // (tokio clears readiness the same way).
-                        self.readable = false;
-                        return Ok(ReadEnd::Drained);
+            }
+            if self.is_parked() {
+                // Even with CLOSE_AFTER: a parked HTTP/1.0 or `Connection: close` poll is
+                // answered first (`respond` closes after its answer is written).
+                break Next::Wait;
+            }
+            if self.has(CLOSE_AFTER) {
+                break Next::Close;
+            }
+            if requests == MAX_REQUESTS_PER_TURN {
+                break Next::Later;
+            }
+            if !loaded {
+                let (input, s) = self.take_input();
+                skip = s;
+                if !input.is_empty() || self.has(READABLE) {
+                    let mut b = cx.pool.take();
+                    if input.len() > b.len() {
+                        b.resize(input.len(), 0);
+                    }
+                    b[..input.len()].copy_from_slice(&input);
+                    filled = input.len();
+                    buf = Some(b);
+                }
+                loaded = true;
+            }
+            let Some(b) = buf.as_mut() else {
+                break Next::Wait;
+            };
+            // Discard a previous request's body.
+            let n = skip.min((filled - start) as u64) as usize;
+            start += n;
+            skip -= n as u64;
+            let pending = &b[start..filled];
+            let parsed = if skip == 0
+                && !pending.is_empty()
+                && (http::may_be_complete(pending, 0) || pending.len() >= MAX_HEAD)
+            {
+                http::parse_head(pending)
+            } else {
+                Ok(None)
+            };
+            match parsed {
+                Ok(Some(head)) => {
+                    start += head.head_len;
+                    requests += 1;
+                    if head.method != Method::Get {
+                        if head.transfer_encoding || head.content_length > MAX_SKIP {
+                            self.set(CLOSE_AFTER, true);
+                        } else {
+                            skip = head.content_length;
+                        }
+                    }
+                    let close_anyway = self.has(CLOSE_AFTER);
+                    if self.phase == Phase::Idle {
+                        self.phase = Phase::Head;
+                    }
+                    match poll::handle(&head, cx.hub, cx.now) {
+                        Outcome::Respond {
+                            bytes,
+                            close,
+                            delivered,
+                        } => {
+                            step.delivered += u32::from(delivered);
+                            if !self.respond(Out::Own(bytes), close || close_anyway, cx, &mut step)
+                            {
+                                break Next::Close;
+                            }
+                        }
+                        Outcome::Park(p) => {
+                            if self.has(READ_CLOSED) {
+                                break Next::Close;
+                            }
+                            match self.park(&p, cx) {
+                                Ok(tick) => {
+                                    step.timer = Some(tick);
+                                    break Next::Park(p);
+                                }
+                                Err(()) => {
+                                    let err = Out::Own(Answer::Flat(response::error_bytes(
+                                        &poll::token_expired(),
+                                        p.close,
+                                        cx.cors(),
+                                    )));
+                                    if !self.respond(err, p.close, cx, &mut step) {
+                                        break Next::Close;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    continue;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    let err = match e {
+                        http::HeadError::TooLarge => response::HEAD_TOO_LARGE,
+                        http::HeadError::Malformed => response::BAD_REQUEST,
+                    };
+                    let err = self.error(&err, cx);
+                    if !self.respond(err, true, cx, &mut step) {
+                        break Next::Close;
+                    }
+                    continue;
+                }
+            }
+            // Need more bytes.
+            if !self.has(READABLE) {
+                if self.has(READ_CLOSED) && start == filled {
+                    // The peer sent its last request and everything is answered.
+                    break Next::Close;
+                }
+                break Next::Wait;
+            }
+            if start > 0 {
+                b.copy_within(start..filled, 0);
+                filled -= start;
+                start = 0;
+            }
+            if b.len() < MAX_HEAD {
+                b.resize(MAX_HEAD, 0);
+            }
+            let was_empty = filled == 0;
+            let end = sockio::read_into(&mut self.sock, b, &mut filled);
+            match end {
+                Ok(ReadEnd::Full) => {}
+                Ok(ReadEnd::Drained) => self.set(READABLE, false),
+                Ok(ReadEnd::Eof) => {
+                    self.set(READABLE, false);
+                    self.set(READ_CLOSED, true);
+                    // Whatever complete requests remain are served; an incomplete one is not.
+                    if filled == 0 || (!http::may_be_complete(&b[..filled], 0) && skip == 0) {
+                        break Next::Close;
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.readable = false;
-                    return Ok(ReadEnd::Drained);
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+                Err(_) => break Next::Close,
             }
-        }
-    }
-
-    /// Writes `bytes` now, as far as the socket takes them; the rest waits in `pending.out`.
-    /// Ok(true) when everything was written.
-    pub fn send(&mut self, bytes: OutBytes) -> io::Result<bool> {
-        let n = write_some(&mut self.sock, bytes.as_slice())?;
-        if n == bytes.as_slice().len() {
-            return Ok(true);
-        }
-        self.pending.get_or_insert_with(Box::default).out = Some((bytes, n));
-        Ok(false)
-    }
-
-    /// Continues writing `pending.out`; Ok(true) when nothing is left.
-    pub fn flush(&mut self) -> io::Result<bool> {
-        let Some(p) = self.pending.as_mut() else {
-            return Ok(true);
+            if was_empty && filled > 0 && self.phase == Phase::Idle {
+                // The first byte of a later request: the head deadline starts now.
+                self.phase = Phase::Head;
+                step.timer = Some(cx.after_secs(cx.hub.config.head_timeout_secs));
+            }
         };
-        let Some((bytes, pos)) = p.out.as_mut() else {
-            return Ok(true);
-        };
-        let all = bytes.as_slice();
-        *pos += write_some(&mut self.sock, &all[*pos..])?;
-        if *pos < all.len() {
-            return Ok(false);
+        // Settle: keep unparsed bytes in an exact-size buffer, give the pool buffer back.
+        if let Some(b) = buf {
+            self.keep_input(&b[start..filled], skip);
+            cx.pool.give(b);
+        } else if loaded {
+            self.keep_input(&[], skip);
         }
-        p.out = None;
-        self.drop_pending_if_empty();
-        Ok(true)
-    }
-}
-
-/// Writes until done or `WouldBlock`; returns how much was written. A reset or broken pipe is
-/// an error (the caller closes).
-fn write_some(sock: &mut TcpStream, bytes: &[u8]) -> io::Result<usize> {
-    let mut done = 0;
-    while done < bytes.len() {
-        match sock.write(&bytes[done..]) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => done += n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+        if self.phase == Phase::Idle && self.has_input() && !self.has_output() {
+            // Bytes of a pipelined request arrived with the previous one: its head deadline
+            // runs from now, not the idle deadline.
+            self.phase = Phase::Head;
+            step.timer = Some(cx.after_secs(cx.hub.config.head_timeout_secs));
         }
+        step.next = next;
+        step
     }
-    Ok(done)
 }
 
 /// The wheel reaches each connection's link through the reactor's slab.
-impl TimerNodes for Slab<Conn> {
+impl<S> TimerNodes for Slab<Conn<S>> {
     fn timer_link(&mut self, id: u32) -> &mut TimerLink {
         &mut self[id as usize].timer
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn entry_stays_small() {
-        // The density budget of issue 4: the slab entry of a parked poll. mio's stream is one
-        // fd in release builds and carries a selector id in debug builds; count it apart.
-        let own = std::mem::size_of::<Conn>() - std::mem::size_of::<TcpStream>();
-        assert!(own <= 40, "{own}");
-    }
-}
+#[path = "conn_tests.rs"]
+mod tests;

@@ -1,33 +1,59 @@
 //! State shared by every thread of one server run: the channel store, the counters of the
-//! stats line, the clock, the token secret, and the way to reach each reactor.
+//! stats line, each reactor's gauges, the clock, the token secret, and the way to reach each
+//! reactor.
 //!
-//! Invariants: the store is only written by the publish thread (and its TTL sweep); the
-//! counters are updated with relaxed atomics (they are reports, not synchronisation); the clock
-//! is monotonic milliseconds since start, and every deadline in pnsd is expressed on it.
+//! Invariants: the store is only written through `ingest` (appends and the TTL sweep),
+//! from whichever threads publish; the counters and gauges are updated with relaxed atomics (they are reports, not
+//! synchronisation; `counters.connections` is also the admission count, a fetch-add that
+//! cannot overshoot); a reactor's gauges are written only by that reactor and read by anyone
+//! without a round trip. The clock is monotonic milliseconds since start, and every deadline in
+//! pnsd is expressed on it; a `Clock::manual()` clock only moves when a test advances it.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Instant;
 
 use crate::config::Config;
+use crate::stats::WaitingReply;
 use crate::store::Store;
 use crate::token::Secret;
 
-/// Milliseconds since the server started.
-#[derive(Debug, Clone, Copy)]
+/// Milliseconds since the server started: real time, or a manual time that tests drive.
+#[derive(Debug, Clone)]
 pub struct Clock {
     start: Instant,
+    /// Set for a manual clock: the current time, moved only by `advance`.
+    manual: Option<Arc<AtomicU64>>,
 }
 
 impl Clock {
     pub fn new() -> Clock {
         Clock {
             start: Instant::now(),
+            manual: None,
+        }
+    }
+
+    /// A clock standing at 0 ms until `advance` moves it (its clones share the time).
+    pub fn manual() -> Clock {
+        Clock {
+            start: Instant::now(),
+            manual: Some(Arc::new(AtomicU64::new(0))),
+        }
+    }
+
+    /// Moves a manual clock forward by `ms`; no-op on a real one.
+    pub fn advance(&self, ms: u64) {
+        if let Some(t) = &self.manual {
+            t.fetch_add(ms, Ordering::Relaxed);
         }
     }
 
     pub fn now_ms(&self) -> u64 {
-        self.start.elapsed().as_millis() as u64
+        match &self.manual {
+            Some(t) => t.load(Ordering::Relaxed),
+            None => self.start.elapsed().as_millis() as u64,
+        }
     }
 }
 
@@ -45,6 +71,17 @@ pub struct Counters {
     pub delivered: AtomicU64,
 }
 
+/// One reactor's gauges, kept by that reactor, read by any thread without asking it.
+#[derive(Debug, Default)]
+pub struct ReactorGauges {
+    /// Connections this reactor holds.
+    pub connections: AtomicUsize,
+    /// Polls parked on this reactor.
+    pub parked: AtomicUsize,
+    /// Channels with at least one parked poll on this reactor (its waiter index's size).
+    pub waiting_channels: AtomicUsize,
+}
+
 /// A message for a reactor thread.
 #[derive(Debug)]
 pub enum Command {
@@ -53,8 +90,9 @@ pub enum Command {
         last_seq: u64,
         channels: Arc<[Box<str>]>,
     },
-    /// Report the channels that have parked polls on this thread.
-    WaitingChannels(mpsc::Sender<Vec<Box<str>>>),
+    /// Report the channels that have parked polls on this thread, through the reply (which
+    /// wakes the asker; see `stats`).
+    WaitingChannels(WaitingReply),
     /// Start the drain of section 6.
     Drain,
 }
@@ -71,6 +109,16 @@ impl ReactorLink {
     pub fn send(&self, cmd: Command) -> bool {
         self.commands.send(cmd).is_ok() && self.waker.wake().is_ok()
     }
+
+    /// A link to no reactor, for tests: its commands are read from the receiver; its waker
+    /// belongs to the returned poll, which nobody runs.
+    #[cfg(test)]
+    pub fn detached() -> (ReactorLink, mpsc::Receiver<Command>, mio::Poll) {
+        let poll = mio::Poll::new().expect("poll");
+        let waker = mio::Waker::new(poll.registry(), mio::Token(0)).expect("waker");
+        let (commands, rx) = mpsc::channel();
+        (ReactorLink { commands, waker }, rx, poll)
+    }
 }
 
 /// See the module documentation.
@@ -81,6 +129,8 @@ pub struct Hub {
     pub secret: Option<Secret>,
     pub clock: Clock,
     pub counters: Counters,
+    /// One entry per reactor (`config.threads`), by reactor index.
+    pub gauges: Box<[ReactorGauges]>,
     pub draining: AtomicBool,
     store: RwLock<Store>,
 }
@@ -93,12 +143,16 @@ impl Hub {
             config.message_ttl_secs.saturating_mul(1000),
             config.max_channels,
         );
+        let gauges = (0..config.threads.max(1))
+            .map(|_| ReactorGauges::default())
+            .collect();
         Hub {
             config,
             max_connections,
             secret,
             clock: Clock::new(),
             counters: Counters::default(),
+            gauges,
             draining: AtomicBool::new(false),
             store: RwLock::new(store),
         }

@@ -2,18 +2,31 @@
 //!
 //! The data path, in the order a request meets it:
 //! - `server`: start-up (limits, sockets, threads, signals) and the drain;
-//! - `reactor`: one mio event loop per core; accepts, dispatches events, ticks the wheel;
-//! - `conn`: one HTTP connection's state machine and socket I/O;
+//! - `reactor`: one mio event loop per core; only dispatches: accepts, readiness to `conn`,
+//!   wake-ups to `parked`, wheel ticks (expiries in bounded slices); takes its clock;
+//! - `sockio`: the one socket I/O layer (bounded read, writes with back-pressure, vectored
+//!   writes, accept with EMFILE back-off), generic over TCP, Unix and test sockets;
+//! - `conn`: one HTTP connection's state machine (private state, one entry point per event,
+//!   each returning the reactor's next step), generic over its transport;
 //! - `http`: request head parsing (httparse), no I/O; `query`: the poll's parameters;
-//! - `poll`: the endpoints: answer at once or park; encodes answers; `response`: HTTP bytes;
+//! - `poll`: the endpoints: answer at once or park; `answer`: a poll's answer bytes (flat, or
+//!   by reference to the stored messages); `response`: HTTP heads and errors;
+//! - `parked`: parked subscribers and their answers (publish wake-up, hold or token expiry,
+//!   drain), the encode-once cache; owns the reactor's `waiters` index;
 //! - `token`: HS256 subscriber tokens;
 //! - `waiters`: which parked polls wait on which channel (per reactor);
-//! - `wheel`: the hashed timer wheel of hold, head, idle and write deadlines;
+//! - `wheel`: the hashed timer wheel of hold, token, head, idle and write deadlines;
 //! - `store`, `cursor`: channel buffers, the global message order and cursors;
-//! - `publish`: the Unix publish socket (NDJSON) and its thread;
+//! - `publish`: the Unix publish socket's thread (socket I/O only); `line`: its NDJSON line
+//!   protocol (framing, parsing, answer lines), no I/O;
+//! - `ingest`: the one way into the store: appends in short lock holds and wakes the reactors;
+//! - `stats`: the stats figures, gathered from the reactors without blocking, and rendered;
+//! - `systemd`: socket activation (inherited listeners) and sd_notify state messages;
 //! - `fleet`: fleet mode's Redis side (the log, the epoch, the publisher client, the feed thread);
-//! - `backoff`: accept back-off on EMFILE; `hub`: what the threads share; `pool`: read buffers; `cli`, `client`, `config`.
+//! - `backoff`: accept back-off on EMFILE; `hub`: what the threads share (store, counters,
+//!   per-reactor gauges, clock); `pool`: read buffers; `cli`, `client`, `config`.
 
+pub mod answer;
 pub mod backoff;
 pub mod cli;
 pub mod client;
@@ -23,6 +36,9 @@ pub mod cursor;
 pub mod fleet;
 pub mod http;
 pub mod hub;
+pub mod ingest;
+pub mod line;
+pub mod parked;
 pub mod poll;
 pub mod pool;
 pub mod publish;
@@ -30,7 +46,10 @@ pub mod query;
 pub mod reactor;
 pub mod response;
 pub mod server;
+pub mod sockio;
+pub mod stats;
 pub mod store;
+pub mod systemd;
 pub mod token;
 pub mod waiters;
 pub mod wheel;

@@ -1,14 +1,17 @@
 //! The endpoints: from a parsed request head to an answer or a poll to park. No I/O.
 //!
 //! `handle` decides everything the contract says about one request (routing, 404/405, CORS,
-//! query and cursor validation, tokens, "answer at once or park"); the reactor only moves bytes
-//! and timers. `answer` encodes a poll's answer; the reactor calls it again when a parked poll
-//! wakes (publish, hold expiry), always from a fresh read of the store with the poll's own
+//! query and cursor validation, tokens, "answer at once or park"); the connection only moves
+//! bytes and the reactor timers. Answers are encoded by `answer::encode`; a parked poll's later
+//! answer is built by `parked`, always from a fresh read of the store with the poll's own
 //! cursor, so an answer never skips a message that was published after the poll looked.
+//!
+//! With `--cors-origin` every answer carries the CORS headers, errors and other paths included.
 //!
 //! Channel resolution (`resolve_channels`) is the one place tokens enter: without a secret the
 //! query names the channels; with one, the token grants them.
 
+use crate::answer::{self, Answer};
 use crate::cursor;
 use crate::http::{self, Method, RequestHead};
 use crate::hub::Hub;
@@ -33,6 +36,8 @@ pub struct Park {
     pub hold_ms: u64,
     /// Close the connection after the answer (HTTP/1.0 or `Connection: close`).
     pub close: bool,
+    /// With a token: ms from now until it expires (the poll must not outlive it).
+    pub token_ms: Option<u64>,
 }
 
 /// What to do with one request.
@@ -40,7 +45,7 @@ pub struct Park {
 pub enum Outcome {
     /// Send `bytes`; `delivered` when they answer a poll with at least one message.
     Respond {
-        bytes: Vec<u8>,
+        bytes: Answer,
         close: bool,
         delivered: bool,
     },
@@ -61,18 +66,24 @@ const TOO_MANY: ApiError = ApiError::new(
     "a poll may wait on at most 16 channels",
 );
 
+/// The answer to a parked poll whose token expired: what `token::verify` says of it.
+pub fn token_expired() -> ApiError {
+    token_error(token::TokenError::Expired)
+}
+
 /// The channels a poll waits on: the query's (checked against the token when a secret is set),
 /// or, with a token and none named, every channel the token grants. Takes the query's channels.
+/// The second value is the token's `exp` (unix seconds) when a token was given.
 pub fn resolve_channels(
     head: &RequestHead,
     q: &mut PollQuery,
     hub: &Hub,
-) -> Result<Vec<String>, ApiError> {
+) -> Result<(Vec<String>, Option<f64>), ApiError> {
     let Some(secret) = &hub.secret else {
         if q.channels.is_empty() {
             return Err(response::NO_CHANNEL);
         }
-        return Ok(std::mem::take(&mut q.channels));
+        return Ok((std::mem::take(&mut q.channels), None));
     };
     let tok = match &head.authorization {
         Some(h) => {
@@ -89,6 +100,7 @@ pub fn resolve_channels(
         },
     };
     let claims = token::verify(secret, tok, token::unix_now()).map_err(token_error)?;
+    let exp = Some(claims.exp);
     if q.channels.is_empty() {
         if claims.channels.is_empty() {
             return Err(response::NO_CHANNEL);
@@ -96,13 +108,13 @@ pub fn resolve_channels(
         if claims.channels.len() > MAX_CHANNELS {
             return Err(TOO_MANY);
         }
-        return Ok(claims.channels);
+        return Ok((claims.channels, exp));
     }
     if q.channels
         .iter()
         .all(|c| claims.channels.iter().any(|g| g == c))
     {
-        Ok(std::mem::take(&mut q.channels))
+        Ok((std::mem::take(&mut q.channels), exp))
     } else {
         Err(response::FORBIDDEN_CHANNEL)
     }
@@ -118,7 +130,7 @@ pub fn handle(head: &RequestHead, hub: &Hub, now_ms: u64) -> Outcome {
             close,
             cors,
             allow: match e.status {
-                405 if head.path == HEALTH_PATH => Some("GET"),
+                405 if head.path == HEALTH_PATH => Some("GET, HEAD"),
                 405 => Some("GET, OPTIONS"),
                 _ => None,
             },
@@ -129,18 +141,16 @@ pub fn handle(head: &RequestHead, hub: &Hub, now_ms: u64) -> Outcome {
         };
         response::write_error(&mut bytes, &e, &extra);
         Outcome::Respond {
-            bytes,
+            bytes: Answer::Flat(bytes),
             close: close || e.closes(),
             delivered: false,
         }
     };
-    let on_poll = head.path == POLL_PATH;
-    let cors_here = if on_poll { cors } else { None };
     if head.method == Method::Get && (head.content_length > 0 || head.transfer_encoding) {
-        return err(response::BODY_NOT_ALLOWED, cors_here);
+        return err(response::BODY_NOT_ALLOWED, cors);
     }
     if hub.is_draining() {
-        return err(response::DRAINING, cors_here);
+        return err(response::DRAINING, cors);
     }
     match (head.path.as_str(), head.method) {
         (POLL_PATH, Method::Get) => {}
@@ -155,44 +165,52 @@ pub fn handle(head: &RequestHead, hub: &Hub, now_ms: u64) -> Outcome {
             };
             response::write(&mut bytes, 204, &extra, b"");
             return Outcome::Respond {
-                bytes,
+                bytes: Answer::Flat(bytes),
                 close,
                 delivered: false,
             };
         }
-        (HEALTH_PATH, Method::Get) => {
+        (HEALTH_PATH, Method::Get | Method::Head) => {
             let mut bytes = Vec::with_capacity(128);
             response::write(
                 &mut bytes,
                 200,
                 &Extra {
                     close,
+                    cors,
+                    no_body: head.method == Method::Head,
                     ..Extra::default()
                 },
                 b"{\"ok\":true}",
             );
             return Outcome::Respond {
-                bytes,
+                bytes: Answer::Flat(bytes),
                 close,
                 delivered: false,
             };
         }
-        (POLL_PATH, _) | (HEALTH_PATH, _) => return err(response::METHOD_NOT_ALLOWED, cors_here),
-        _ => return err(response::NOT_FOUND, None),
+        (POLL_PATH, _) | (HEALTH_PATH, _) => return err(response::METHOD_NOT_ALLOWED, cors),
+        _ => return err(response::NOT_FOUND, cors),
     }
 
     let mut q = match query::parse_poll_query(&head.query) {
         Ok(q) => q,
         Err(e) => return err(query_error(e), cors),
     };
-    let channels = match resolve_channels(head, &mut q, hub) {
+    let (channels, exp) = match resolve_channels(head, &mut q, hub) {
         Ok(c) => c,
         Err(e) => return err(e, cors),
     };
-    let cursor_text = q
-        .cursor
-        .as_deref()
-        .or_else(|| head.if_none_match.as_deref().and_then(http::etag_cursor));
+    // A cursor parameter wins; an If-None-Match that is not one entity tag is a cursor that
+    // does not parse (a list of several tags included).
+    let cursor_text = match (q.cursor.as_deref(), head.if_none_match.as_deref()) {
+        (Some(c), _) => Some(c),
+        (None, Some(v)) => match http::etag_cursor(v) {
+            Some(c) => Some(c),
+            None => return err(response::BAD_CURSOR, cors),
+        },
+        (None, None) => None,
+    };
     let hold_secs = q
         .hold
         .unwrap_or(hub.config.hold_secs)
@@ -218,9 +236,10 @@ pub fn handle(head: &RequestHead, hub: &Hub, now_ms: u64) -> Outcome {
             after,
             hold_ms: hold_secs.saturating_mul(1000),
             close,
+            token_ms: exp.map(ms_until),
         });
     }
-    let bytes = answer(&found, &channels, epoch, close, cors);
+    let bytes = answer::encode(&found, &channels, epoch, close, cors);
     Outcome::Respond {
         bytes,
         close,
@@ -228,54 +247,25 @@ pub fn handle(head: &RequestHead, hub: &Hub, now_ms: u64) -> Outcome {
     }
 }
 
-/// The whole HTTP response answering a poll on `channels` with what `found` holds.
-pub fn answer<S: AsRef<str>>(
-    found: &Found,
-    channels: &[S],
-    epoch: u64,
-    close: bool,
-    cors: Option<&str>,
-) -> Vec<u8> {
-    let last = found.messages.last().map_or(found.last_seq, |m| m.seq);
-    let tag = cursor::encode(epoch, last);
-    let mut body = Vec::with_capacity(64 + found.messages.len() * 96);
-    body.extend_from_slice(b"{\"c\":");
-    body.extend_from_slice(found.messages.len().to_string().as_bytes());
-    body.extend_from_slice(b",\"msg\":[");
-    for (i, m) in found.messages.iter().enumerate() {
-        if i > 0 {
-            body.push(b',');
-        }
-        let ch = m.first_channel_in(channels).unwrap_or(&m.channels[0]);
-        m.encode_into(&mut body, ch);
+/// Milliseconds from now until unix time `exp` (seconds), rounded down (0 if past).
+fn ms_until(exp: f64) -> u64 {
+    let left = (exp - token::unix_now()) * 1000.0;
+    if left > 0.0 {
+        left as u64
+    } else {
+        0
     }
-    body.extend_from_slice(b"],\"cursor\":\"");
-    body.extend_from_slice(tag.as_bytes());
-    body.push(b'"');
-    if found.reset {
-        body.extend_from_slice(b",\"reset\":true");
-    }
-    body.push(b'}');
-    let mut out = Vec::with_capacity(body.len() + 256);
-    let extra = Extra {
-        close,
-        cors,
-        etag: Some(&tag),
-        ..Extra::default()
-    };
-    response::write(&mut out, 200, &extra, &body);
-    out
 }
 
 /// An empty answer (`c` = 0) whose cursor is `seq`: the drain's answer, which must not advance
 /// a poll past anything it was not given.
-pub fn empty_answer(epoch: u64, seq: u64, close: bool, cors: Option<&str>) -> Vec<u8> {
+pub fn empty_answer(epoch: u64, seq: u64, close: bool, cors: Option<&str>) -> Answer {
     let found = Found {
         messages: Vec::new(),
         reset: false,
         last_seq: seq,
     };
-    answer::<&str>(&found, &[], epoch, close, cors)
+    answer::encode::<&str>(&found, &[], epoch, close, cors)
 }
 
 #[cfg(test)]
@@ -295,7 +285,12 @@ mod tests {
                 Ok(Some(h)) => h,
                 other => panic!("{other:?}"),
             };
-            let Outcome::Respond { bytes, close, .. } = handle(&head, &hub, 0) else {
+            let Outcome::Respond {
+                bytes: Answer::Flat(bytes),
+                close,
+                ..
+            } = handle(&head, &hub, 0)
+            else {
                 panic!("HEAD parked");
             };
             let text = String::from_utf8_lossy(&bytes);

@@ -2,7 +2,8 @@
 //!
 //! Invariants: every response carries `Content-Type: application/json` and an exact
 //! `Content-Length`; `Connection: close` appears exactly when the connection will be closed
-//! after the response; CORS headers appear exactly when the caller passes an origin.
+//! after the response; CORS headers appear exactly when the caller passes an origin (the
+//! callers pass `--cors-origin` on every answer of the server, errors included).
 
 use std::io::Write as _;
 
@@ -74,7 +75,7 @@ pub const METHOD_NOT_ALLOWED: ApiError =
 pub const REQUEST_TIMEOUT: ApiError = ApiError::new(
     408,
     "request_timeout",
-    "the request head did not arrive within 10 s",
+    "the request head did not arrive in time",
 );
 pub const HEAD_TOO_LARGE: ApiError = ApiError::new(
     431,
@@ -118,7 +119,7 @@ pub fn json_string(out: &mut Vec<u8>, s: &str) {
 pub struct Extra<'a> {
     /// Close the connection after this response.
     pub close: bool,
-    /// `Access-Control-Allow-Origin` value, for answers on /pns/poll.
+    /// `Access-Control-Allow-Origin` value (`--cors-origin`, on every answer).
     pub cors: Option<&'a str>,
     /// `Allow` header (405, OPTIONS).
     pub allow: Option<&'a str>,
@@ -134,6 +135,15 @@ pub struct Extra<'a> {
 
 /// Appends a whole response.
 pub fn write(out: &mut Vec<u8>, status: u16, extra: &Extra<'_>, body: &[u8]) {
+    write_head(out, status, extra, body.len());
+    if status != 204 && !extra.no_body {
+        out.extend_from_slice(body);
+    }
+}
+
+/// Appends the status line and headers of a response whose body is `body_len` bytes (written
+/// by the caller, or from other buffers).
+pub fn write_head(out: &mut Vec<u8>, status: u16, extra: &Extra<'_>, body_len: usize) {
     let _ = write!(out, "HTTP/1.1 {} {}\r\n", status, reason(status));
     if status != 204 {
         out.extend_from_slice(b"Content-Type: application/json\r\n");
@@ -164,12 +174,21 @@ pub fn write(out: &mut Vec<u8>, status: u16, extra: &Extra<'_>, body: &[u8]) {
         out.extend_from_slice(b"Connection: close\r\n");
     }
     if status != 204 {
-        let _ = write!(out, "Content-Length: {}\r\n", body.len());
+        let _ = write!(out, "Content-Length: {body_len}\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    if status != 204 && !extra.no_body {
-        out.extend_from_slice(body);
-    }
+}
+
+/// An error response with the server's CORS origin (every answer carries it when set).
+pub fn error_bytes(err: &ApiError, close: bool, cors: Option<&str>) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(256);
+    let extra = Extra {
+        close,
+        cors,
+        ..Extra::default()
+    };
+    write_error(&mut bytes, err, &extra);
+    bytes
 }
 
 /// Appends an error response; `close` is forced on for the statuses that close.

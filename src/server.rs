@@ -3,12 +3,19 @@
 //! Order matters: everything that can fail (secret, publish socket, every listener of every
 //! thread) is done before any thread starts and before the start-up line is printed, so a
 //! failed start leaves nothing behind (a socket file it created is removed) and a printed line
-//! means the server is reachable at every address it names.
+//! means the server is reachable at every address it names. Each reactor gets its index (its
+//! entry in `hub.gauges`) and the hub's clock.
 //!
 //! The publish socket's path is removed (on a failed start and at exit) only while it is still
 //! the socket this process bound, recognised by the device and inode recorded right after the
 //! bind: during a rolling restart the path may already hold the next server's socket, or a file
 //! someone else put there, and neither is ours to delete.
+//!
+//! Under socket activation (`systemd`) the listeners are inherited instead of bound: each role
+//! the service manager passes (HTTP, publish) replaces its option (`--listen`,
+//! `--publish-socket`), a role it does not pass is bound as usual. An inherited publish socket
+//! belongs to the socket unit: its path is never replaced, chmod-ed or removed. The startup line
+//! names what is really served (getsockname), inherited or bound, and `READY=1` follows it.
 
 use std::fs;
 use std::io::{self, Write as _};
@@ -27,8 +34,10 @@ use socket2::{Domain, Socket, Type};
 use crate::config::{Config, FD_RESERVE};
 use crate::cursor;
 use crate::hub::{Command, Hub, ReactorLink};
+use crate::ingest::Ingest;
 use crate::publish::Publisher;
 use crate::reactor::{Reactor, DRAIN_MS, WAKER};
+use crate::systemd;
 use crate::token::Secret;
 
 /// Pending connections the kernel may queue per listener (clamped by net.core.somaxconn).
@@ -193,6 +202,70 @@ fn probe_port_free(addr: SocketAddr) -> io::Result<()> {
     s.bind(&addr.into())
 }
 
+/// The publish socket: the inherited one (never removed by us: `None` file), else bound at
+/// `--publish-socket`. Also returns the path to print.
+fn publish_socket(
+    config: &Config,
+    inherited: Option<std::os::unix::net::UnixListener>,
+) -> Result<(UnixListener, Option<BoundSocketFile>, PathBuf), StartError> {
+    let Some(l) = inherited else {
+        let (l, file) = bind_publish_socket(&config.publish_socket, config.publish_socket_mode)?;
+        return Ok((l, Some(file), config.publish_socket.clone()));
+    };
+    let fail =
+        |e: io::Error| StartError::Runtime(format!("cannot use the inherited publish socket: {e}"));
+    l.set_nonblocking(true).map_err(fail)?;
+    let addr = l.local_addr().map_err(fail)?;
+    let path = match addr.as_pathname() {
+        Some(p) => p.to_path_buf(),
+        None => {
+            use std::os::linux::net::SocketAddrExt as _;
+            match addr.as_abstract_name() {
+                Some(name) => PathBuf::from(format!("@{}", String::from_utf8_lossy(name))),
+                None => PathBuf::from("(unnamed)"),
+            }
+        }
+    };
+    Ok((UnixListener::from_std(l), None, path))
+}
+
+/// The HTTP listeners, one per address per thread, and the addresses: inherited ones when
+/// socket activation passed any, else bound from `--listen`.
+fn http_listeners(
+    config: &Config,
+    inherited: Vec<std::net::TcpListener>,
+) -> Result<(Vec<Vec<TcpListener>>, Vec<SocketAddr>), StartError> {
+    if inherited.is_empty() {
+        return bind_all(config);
+    }
+    info!("socket activation passed HTTP listeners: --listen is not bound");
+    let fail = |e: io::Error| StartError::Runtime(format!("cannot use an inherited listener: {e}"));
+    let mut addrs = Vec::with_capacity(inherited.len());
+    let mut per_thread: Vec<Vec<TcpListener>> = (0..config.threads).map(|_| Vec::new()).collect();
+    for l in inherited {
+        // O_NONBLOCK is on the open file, shared with the service manager's copy (which does
+        // not care: it only polls the socket while no service runs).
+        l.set_nonblocking(true).map_err(fail)?;
+        let addr = l.local_addr().map_err(fail)?;
+        if !addr.ip().is_loopback() && config.secret_file.is_none() && !config.allow_anonymous {
+            return Err(StartError::Runtime(format!(
+                "inherited listener {addr} is not loopback: give --secret-file, or --allow-anonymous to serve open channels"
+            )));
+        }
+        // One socket, so one accept queue, shared by every reactor through its own descriptor
+        // (SO_REUSEPORT's per-thread queues need sockets pnsd would bind itself). A new
+        // connection wakes every reactor waiting in epoll; the first to accept wins and the
+        // others read WouldBlock. EPOLLEXCLUSIVE would wake one, but mio cannot register it:
+        // up to threads - 1 wasted wake-ups per new connection when idle (busy reactors
+        // coalesce the edges), none per request on a kept-alive connection.
+        for slot in per_thread.iter_mut() {
+            slot.push(TcpListener::from_std(l.try_clone().map_err(fail)?));
+        }
+        addrs.push(addr);
+    }
+    Ok((per_thread, addrs))
+}
+
 /// Binds every address once per thread; port 0 is resolved by the first bind and reused.
 fn bind_all(config: &Config) -> Result<(Vec<Vec<TcpListener>>, Vec<SocketAddr>), StartError> {
     let mut resolved = Vec::with_capacity(config.listen.len());
@@ -224,6 +297,8 @@ pub fn default_max_connections(nofile: u64) -> usize {
 
 /// Runs the server until a signal's drain completes. Returns the exit status.
 pub fn serve(config: Config) -> Result<(), StartError> {
+    // First, while this is the only thread: it unsets LISTEN_* in the environment.
+    let inherited = systemd::take_listen_fds().map_err(StartError::Runtime)?;
     let secret = match &config.secret_file {
         Some(p) => Some(Secret::from_file(p).map_err(|e| {
             // A missing, unreadable or empty key file is a run-time failure (exit 1).
@@ -238,11 +313,10 @@ pub fn serve(config: Config) -> Result<(), StartError> {
     let signals = signal_hook::iterator::Signals::new([libc::SIGTERM, libc::SIGINT])
         .map_err(|e| StartError::Runtime(format!("cannot install signal handlers: {e}")))?;
 
-    // `socket_file` removes the path when `serve` returns, on every failed start too.
-    let (publish_listener, socket_file) =
-        bind_publish_socket(&config.publish_socket, config.publish_socket_mode)?;
-    let socket_path: PathBuf = config.publish_socket.clone();
-    let (listeners, addrs) = bind_all(&config)?;
+    // `socket_file` removes the path when `serve` returns, on every failed start too (never an
+    // inherited socket's path: it is `None` then).
+    let (publish_listener, socket_file, socket_path) = publish_socket(&config, inherited.publish)?;
+    let (listeners, addrs) = http_listeners(&config, inherited.http)?;
 
     let threads = config.threads;
     let hub = Arc::new(Hub::new(
@@ -253,12 +327,12 @@ pub fn serve(config: Config) -> Result<(), StartError> {
     ));
     let mut links = Vec::with_capacity(threads);
     let mut reactors = Vec::with_capacity(threads);
-    for l in listeners {
+    for (i, l) in listeners.into_iter().enumerate() {
         let setup = || -> io::Result<(Reactor, ReactorLink)> {
             let poll = Poll::new()?;
             let waker = Waker::new(poll.registry(), WAKER)?;
             let (tx, rx) = mpsc::channel();
-            let r = Reactor::new(poll, l, hub.clone(), rx)?;
+            let r = Reactor::new(poll, l, hub.clone(), rx, i, hub.clock.clone())?;
             Ok((
                 r,
                 ReactorLink {
@@ -273,7 +347,8 @@ pub fn serve(config: Config) -> Result<(), StartError> {
         links.push(link);
     }
     let links = Arc::new(links);
-    let (publisher, publisher_link) = Publisher::new(publish_listener, hub.clone(), links.clone())
+    let ingest = Ingest::new(hub.clone(), links.clone());
+    let (publisher, publisher_link) = Publisher::new(publish_listener, ingest)
         .map_err(|e| StartError::Runtime(format!("cannot start the publish thread: {e}")))?;
 
     let mut handles = Vec::new();
@@ -299,12 +374,14 @@ pub fn serve(config: Config) -> Result<(), StartError> {
         threads
     );
     let _ = io::stdout().flush();
+    systemd::ready();
     info!("max connections {max_connections}, open-file limit {nofile}");
 
     let mut signals = signals;
     if let Some(sig) = signals.forever().next() {
         info!("signal {sig}: draining");
     }
+    systemd::stopping();
     let started = Instant::now();
     hub.draining.store(true, Ordering::Relaxed);
     for l in links.iter() {

@@ -89,6 +89,16 @@ impl Message {
         out.extend_from_slice(self.tail.as_bytes());
     }
 
+    /// The encoded object up to the channel name: `{"id":"CURSOR","channel":`.
+    pub fn head(&self) -> &str {
+        &self.head
+    }
+
+    /// The encoded object after the channel name: `,"type":N,"data":DATA}`.
+    pub fn tail(&self) -> &str {
+        &self.tail
+    }
+
     /// The first of this message's channels that `subscribed` names.
     pub fn first_channel_in<'a, S: AsRef<str>>(&'a self, subscribed: &[S]) -> Option<&'a str> {
         self.channels

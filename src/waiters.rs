@@ -301,6 +301,11 @@ impl Waiters {
         self.chans.iter().map(|(_, wc)| &*wc.name)
     }
 
+    /// Number of channels with at least one waiter, O(1).
+    pub fn channel_count(&self) -> usize {
+        self.chans.len()
+    }
+
     /// Number of memberships (parked poll x channel).
     pub fn memberships(&self) -> usize {
         self.nodes.len()
@@ -435,6 +440,7 @@ mod tests {
                 let mut have: Vec<&str> = w.channel_names().collect();
                 have.sort_unstable();
                 assert_eq!(have, want.keys().copied().collect::<Vec<_>>());
+                assert_eq!(w.channel_count(), want.len());
                 for (c, conns) in &want {
                     assert_eq!(&waiting(&w, c), conns);
                 }

@@ -5,8 +5,9 @@
 //! one list head per slot, so arming, moving and cancelling a timer allocate nothing and cost
 //! O(1). The caller lends the links on every call through [`TimerNodes`].
 //!
-//! Time is a parameter: ticks are plain `u32` values handed in by the caller (pnsd uses 100 ms
-//! ticks), and the wheel never reads a clock.
+//! Time is a parameter: ticks are plain `u32` values handed in by the caller (pnsd uses
+//! `TICK_MS` = 100 ms ticks: `tick_up` for deadlines that must not fire early, `tick_down` for
+//! one that must not fire late, a token's expiry), and the wheel never reads a clock.
 //!
 //! Invariants (checked by `check_invariants` in the tests):
 //! - A link is armed exactly when its `next` is not [`NIL`]; an unarmed link has `prev == next
@@ -24,6 +25,21 @@
 //!
 //! Wrap-around: ticks are compared as plain integers, not modulo 2^32. At 100 ms a tick, a `u32`
 //! lasts 13.6 years of uptime, so wrap is not handled; a tick at `u32::MAX` saturates.
+
+/// Tick length in pnsd: hold times are whole seconds, so 100 ms is ample and keeps ticks cheap.
+pub const TICK_MS: u64 = 100;
+
+/// The tick of clock time `ms`, rounded up: a deadline armed at `tick_up(t)` fires no earlier
+/// than the tick that contains `t`. Saturates after 13 years.
+pub fn tick_up(ms: u64) -> u32 {
+    u32::try_from(ms.div_ceil(TICK_MS)).unwrap_or(u32::MAX)
+}
+
+/// The tick of clock time `ms`, rounded down: a deadline armed at `tick_down(t)` fires no later
+/// than `t` (a token's expiry).
+pub fn tick_down(ms: u64) -> u32 {
+    u32::try_from(ms / TICK_MS).unwrap_or(u32::MAX)
+}
 
 /// "No node": the link value of an empty slot or of an unarmed timer. `u32::MAX` is never a
 /// valid slab id because the connection capacity is far below it.

@@ -353,3 +353,35 @@ fn a_publisher_that_connects_while_fds_are_exhausted_is_served_after_recovery() 
     let v = late.read_answer();
     assert_eq!(v["ok"], true, "stats: {v}");
 }
+
+/// Polls whose holds all end in the same tick: more than two slices of the reactor's
+/// `EXPIRE_SLICE` (1,024) on one thread.
+const SAME_TICK_POLLS: usize = 2_500;
+
+#[test]
+fn thousands_of_holds_due_in_one_tick_are_all_answered() {
+    let s = Server::start(&["--threads", "1"]);
+    let mut conns: Vec<HttpConn> = (0..SAME_TICK_POLLS)
+        .map(|_| HttpConn::connect(s.addr))
+        .collect();
+    let target = poll_target(&["same-tick"], None, Some(2));
+    for c in &mut conns {
+        c.get(&target);
+    }
+    s.wait_parked(SAME_TICK_POLLS as u64);
+    // A poll on another channel, parked among them, is woken by a publish as usual.
+    let mut other = s.http();
+    let cursor = s.cursor_now("other");
+    other.get(&poll_target(&["other"], Some(&cursor), Some(60)));
+    s.wait_parked(SAME_TICK_POLLS as u64 + 1);
+    let id = s.publish("other", "1");
+    assert_eq!(check_poll(&other.read_response()).ids(), vec![id]);
+    // Every hold ran out: each is answered c = 0 exactly once, and the connections stay usable.
+    for c in &mut conns {
+        assert_eq!(check_poll(&c.read_response()).c, 0);
+    }
+    s.wait_stat("parked", 0);
+    for c in conns.iter_mut().take(3) {
+        assert_eq!(c.request("/pns/health").status, 200);
+    }
+}

@@ -1,7 +1,9 @@
 //! PROTOCOL.md sections 2 and 3 at the HTTP level, over raw sockets: keep-alive, HTTP/1.0,
 //! `Connection: close`, pipelining (also behind a parked poll), split requests, the header
 //! size limit, bodies on GET, 404/405/OPTIONS, CORS, health, the error shape and which
-//! errors close, the 10 s header deadline, hang-ups while parked, `--max-connections`.
+//! errors close, the head, idle and write deadlines (fast, on short `--head-timeout` and
+//! `--idle-timeout`; the contract's 10 s and 75 s once each in real time), hang-ups while
+//! parked, `--max-connections`, CORS on every answer.
 //!
 //! Each test starts its own server. Where a request must be parked before something else
 //! happens, the test waits for the `parked` stat instead of sleeping.
@@ -363,10 +365,10 @@ fn other_methods_on_known_paths_are_405_with_allow() {
         ("DELETE /pns/poll HTTP/1.1\r\n\r\n", "GET, OPTIONS"),
         (
             "POST /pns/health HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
-            "GET",
+            "GET, HEAD",
         ),
-        ("OPTIONS /pns/health HTTP/1.1\r\n\r\n", "GET"),
-        ("PATCH /pns/health HTTP/1.1\r\n\r\n", "GET"),
+        ("OPTIONS /pns/health HTTP/1.1\r\n\r\n", "GET, HEAD"),
+        ("PATCH /pns/health HTTP/1.1\r\n\r\n", "GET, HEAD"),
     ] {
         c.send(req);
         let r = c.read_response();
@@ -377,19 +379,41 @@ fn other_methods_on_known_paths_are_405_with_allow() {
     assert_eq!(c.request("/pns/health").status, 200);
 }
 
+/// Sends `HEAD path` and a closing `GET /pns/health` in one write, reads to the close; returns
+/// the first answer's head, everything after it, and the whole text.
+fn head_then_health(s: &Server, path: &str) -> (String, String, String) {
+    let mut sock = std::net::TcpStream::connect(s.addr).expect("connect");
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let req = format!(
+        "HEAD {path} HTTP/1.1\r\n\r\nGET /pns/health HTTP/1.1\r\nConnection: close\r\n\r\n"
+    );
+    std::io::Write::write_all(&mut sock, req.as_bytes()).expect("send");
+    let mut all = Vec::new();
+    std::io::Read::read_to_end(&mut sock, &mut all).expect("read");
+    let text = String::from_utf8(all).expect("utf-8");
+    let (head, rest) = text.split_once("\r\n\r\n").expect("a head");
+    (head.to_string(), rest.to_string(), text.clone())
+}
+
 #[test]
-fn head_is_405_with_allow() {
+fn head_on_poll_is_405_and_on_health_is_answered_without_a_body() {
+    // Issue 8: load balancers health-check with HEAD.
     let s = Server::start(&["--threads", "1"]);
-    for (path, allow) in [
-        ("/pns/poll?channel=a", "GET, OPTIONS"),
-        ("/pns/health", "GET"),
-    ] {
-        let mut c = s.http();
-        c.send(format!("HEAD {path} HTTP/1.1\r\nConnection: close\r\n\r\n"));
-        let r = c.read_response_until_close();
-        assert_eq!(r.status, 405, "HEAD {path}");
-        assert_eq!(r.header("allow"), Some(allow), "HEAD {path}");
-    }
+    let mut c = s.http();
+    c.send("HEAD /pns/poll?channel=a HTTP/1.1\r\nConnection: close\r\n\r\n");
+    let r = c.read_response_until_close();
+    assert_eq!(r.status, 405);
+    assert_eq!(r.header("allow"), Some("GET, OPTIONS"));
+    // HEAD /pns/health: 200, the GET's headers, no body, and the connection stays in step.
+    let (head, rest, text) = head_then_health(&s, "/pns/health");
+    assert!(head.starts_with("HTTP/1.1 200 "), "{text}");
+    assert!(head.contains("Content-Length: 11"), "{text}");
+    assert!(
+        rest.starts_with("HTTP/1.1 200 "),
+        "a body after HEAD: {text}"
+    );
+    assert!(rest.ends_with("{\"ok\":true}"), "{text}");
 }
 
 #[test]
@@ -481,6 +505,83 @@ fn cors_headers_on_answers_errors_and_preflight() {
 }
 
 #[test]
+fn cors_headers_on_every_answer_of_the_server() {
+    // Issue 8: a page must see the JSON error, not status 0, whatever the error and path.
+    let s = Server::start(&[
+        "--threads",
+        "1",
+        "--cors-origin",
+        ORIGIN,
+        "--head-timeout",
+        "1",
+        "--max-connections",
+        "2",
+    ]);
+    let mut c = s.http();
+    let r = c.request("/pns/health");
+    assert_eq!(r.status, 200);
+    check_cors(&r);
+    // 404 on a mistyped path, keep-alive.
+    let r = c.request("/pns/pol?channel=a");
+    check_error(&r, 404);
+    check_cors(&r);
+    // 405 on /pns/health.
+    c.send("DELETE /pns/health HTTP/1.1\r\n\r\n");
+    let r = c.read_response();
+    check_error(&r, 405);
+    check_cors(&r);
+    // 400 on a malformed head (closes).
+    c.send("GARBAGE\r\n\r\n");
+    let r = c.read_response();
+    check_error(&r, 400);
+    check_cors(&r);
+    c.expect_closed();
+    // 431.
+    let mut c = s.http();
+    c.send(format!(
+        "GET /pns/health HTTP/1.1\r\nX: {}\r\n\r\n",
+        "a".repeat(9000)
+    ));
+    let r = c.read_response();
+    check_error(&r, 431);
+    check_cors(&r);
+    c.expect_closed();
+    s.wait_stat("connections", 0);
+    // 408 (head deadline of 1 s).
+    let mut c = s.http();
+    c.send("GET /pns/health HTTP/1.1\r\n");
+    let r = c.read_response();
+    check_error(&r, 408);
+    check_cors(&r);
+    c.expect_closed();
+    s.wait_stat("connections", 0);
+    // 503 over capacity: two held, the third is refused.
+    let mut a = s.http();
+    assert_eq!(a.request("/pns/health").status, 200);
+    let mut b = s.http();
+    assert_eq!(b.request("/pns/health").status, 200);
+    let mut c = s.http();
+    let r = c.read_response_until_close();
+    check_error(&r, 503);
+    check_cors(&r);
+}
+
+#[test]
+fn draining_503_carries_cors() {
+    let mut s = Server::start(&["--threads", "1", "--cors-origin", ORIGIN]);
+    let mut c = s.http();
+    // A head begun but not complete when the drain starts is answered 503. It comes in one
+    // write behind a complete request, so once that is answered the server holds the rest.
+    c.send("GET /pns/health HTTP/1.1\r\n\r\nGET /pns/health HTTP/1.1\r\n");
+    assert_eq!(c.read_response().status, 200);
+    s.signal(libc::SIGTERM);
+    let r = c.read_response_until_close();
+    check_error(&r, 503);
+    check_cors(&r);
+    assert!(s.wait_exit(Duration::from_secs(6)).is_some());
+}
+
+#[test]
 fn error_bodies_have_errorcode_and_message() {
     // check_error checks the shape; here one of each status this server can produce
     // without tokens or load, on fresh connections.
@@ -520,13 +621,23 @@ fn kept_alive_after_404_and_405_closed_after_400() {
     c.expect_closed();
 }
 
+/// The short head deadline of the fast deadline tests (`--head-timeout`).
+const SHORT_HEAD_SECS: u64 = 2;
+
 #[test]
 fn head_deadline_is_408_and_idle_keep_alive_is_not() {
-    // All four cases run at once so the test costs one deadline (about 10 s).
-    let s = Server::start(&["--threads", "2"]);
+    // All four cases run at once against a server with a 2 s head deadline (the contract's
+    // 10 s is checked in real time by `a_silent_connection_is_408_after_the_default_10_s`).
+    let head = Duration::from_secs(SHORT_HEAD_SECS);
+    let s = Server::start(&[
+        "--threads",
+        "2",
+        "--head-timeout",
+        &SHORT_HEAD_SECS.to_string(),
+    ]);
     let addr = s.addr;
     let silent = thread::spawn(move || {
-        // Nothing sent at all: 10 s after accept.
+        // Nothing sent at all: the deadline after accept.
         let mut c = HttpConn::connect(addr);
         let r = c.read_response();
         check_error(&r, 408);
@@ -543,12 +654,13 @@ fn head_deadline_is_408_and_idle_keep_alive_is_not() {
         // A first request, then a later one that never completes.
         let mut c = HttpConn::connect(addr);
         assert_eq!(c.request("/pns/health").status, 200);
-        // Idle first: the 10 s run from the later request's first byte, not from the last
-        // answer (so nothing may arrive in the 3 s after that byte, 9 s after the answer).
-        thread::sleep(Duration::from_secs(6));
+        // Idle first: the deadline runs from the later request's first byte, not from the
+        // last answer (so nothing may arrive in the 0.9 deadline after that byte, 1.5
+        // deadlines after the answer).
+        thread::sleep(head * 6 / 10);
         c.send("GET /pns/heal");
         assert!(
-            c.quiet_for(Duration::from_secs(3)),
+            c.quiet_for(head * 9 / 10),
             "408 counted from the previous answer, not from the new request's first byte"
         );
         let r = c.read_response();
@@ -561,7 +673,7 @@ fn head_deadline_is_408_and_idle_keep_alive_is_not() {
         let mut c = HttpConn::connect(addr);
         assert_eq!(c.request("/pns/health").status, 200);
         assert!(
-            c.quiet_for(Duration::from_secs(13)),
+            c.quiet_for(head * 13 / 10),
             "idle keep-alive connection was answered or closed"
         );
         assert_eq!(c.request("/pns/health").status, 200);
@@ -569,6 +681,21 @@ fn head_deadline_is_408_and_idle_keep_alive_is_not() {
     for h in [silent, partial, later, idle] {
         h.join().expect("case thread");
     }
+}
+
+// The two real-time checks of the contract's default deadlines are named to sort first: the
+// test harness starts tests in name order, as many at once as there are cores, so they start
+// at once and every other test of this file runs beside them.
+
+#[test]
+fn a_silent_connection_is_408_after_the_default_10_s() {
+    // The contract's default, once, in real time: a silent connection is answered 408.
+    let s = Server::start(&["--threads", "1"]);
+    let mut c = s.http();
+    assert!(c.quiet_for(Duration::from_secs(8)), "408 before 10 s");
+    let r = c.read_response();
+    check_error(&r, 408);
+    c.expect_closed();
 }
 
 #[test]
@@ -632,7 +759,9 @@ fn over_max_connections_is_503_with_retry_after() {
 
 #[test]
 fn clients_hanging_up_mid_request_are_cleaned_up() {
-    let s = Server::start(&["--threads", "2"]);
+    // A half-sent head whose client left is dropped at the latest by the head deadline: a
+    // short one keeps the test quick.
+    let s = Server::start(&["--threads", "2", "--head-timeout", "1"]);
     for partial in [
         "G",
         "GET /pns/poll?channel=a",
@@ -652,7 +781,25 @@ fn clients_hanging_up_mid_request_are_cleaned_up() {
 }
 
 #[test]
-fn idle_keep_alive_connection_is_closed_after_75_s() {
+fn idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
+    let s = Server::start(&["--threads", "1", "--idle-timeout", "3"]);
+    let mut c = s.http();
+    assert_eq!(c.request("/pns/health").status, 200);
+    assert!(c.quiet_for(Duration::from_secs(1)), "closed too early");
+    c.expect_closed();
+    s.wait_stat("connections", 0);
+    // A connection that keeps asking is not idle: requests 1.5 s apart keep it open.
+    let mut c = s.http();
+    for _ in 0..3 {
+        assert_eq!(c.request("/pns/health").status, 200);
+        thread::sleep(Duration::from_millis(1500));
+    }
+    assert_eq!(c.request("/pns/health").status, 200);
+}
+
+#[test]
+fn a_keep_alive_connection_idle_for_the_default_75_s_is_closed() {
+    // The contract's default, once, in real time (see the note on the 10 s check).
     let s = Server::start(&["--threads", "1"]);
     let mut c = s.http();
     assert_eq!(c.request("/pns/health").status, 200);
@@ -709,18 +856,7 @@ fn large_answers_are_written_completely() {
 fn head_answer_has_no_body_and_keeps_the_connection_in_step() {
     // Found by fuzzing: a body after a HEAD answer would be read as the next response.
     let s = Server::start(&["--threads", "1"]);
-    let mut sock = std::net::TcpStream::connect(s.addr).expect("connect");
-    sock.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    std::io::Write::write_all(
-        &mut sock,
-        b"HEAD /pns/poll?channel=a HTTP/1.1\r\n\r\nGET /pns/health HTTP/1.1\r\nConnection: close\r\n\r\n",
-    )
-    .expect("send");
-    let mut all = Vec::new();
-    std::io::Read::read_to_end(&mut sock, &mut all).expect("read");
-    let text = String::from_utf8(all).expect("utf-8");
-    let (head, rest) = text.split_once("\r\n\r\n").expect("a head");
+    let (head, rest, text) = head_then_health(&s, "/pns/poll?channel=a");
     assert!(head.starts_with("HTTP/1.1 405 "), "{text}");
     assert!(head.contains("Allow: GET, OPTIONS"), "{text}");
     assert!(

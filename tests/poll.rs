@@ -481,6 +481,38 @@ fn if_none_match_is_a_cursor_and_cursor_param_wins() {
 }
 
 #[test]
+fn garbage_if_none_match_is_400_bad_cursor() {
+    // Issue 8: a header that is not one entity tag is a cursor that does not parse.
+    let s = Server::start(&["--threads", "1"]);
+    let c0 = s.cursor_now("a");
+    for inm in [
+        "garbage".to_string(),
+        "*".to_string(),
+        "\"\"".to_string(),
+        format!("\"{c0}\", \"{c0}\""),
+        "\"not-a-cursor\"".to_string(),
+    ] {
+        let mut c = s.http();
+        c.send(format!(
+            "GET /pns/poll?channel=a&hold=0 HTTP/1.1\r\nHost: t\r\nIf-None-Match: {inm}\r\n\r\n"
+        ));
+        let r = c.read_response();
+        assert_eq!(check_error(&r, 400), "bad_cursor", "If-None-Match: {inm}");
+    }
+    // A cursor parameter still wins over a garbage header, and a valid weak tag works.
+    let mut c = s.http();
+    c.send(format!(
+        "GET /pns/poll?channel=a&hold=0&cursor={} HTTP/1.1\r\nHost: t\r\nIf-None-Match: garbage\r\n\r\n",
+        pct(&c0)
+    ));
+    assert_eq!(check_poll(&c.read_response()).c, 0);
+    c.send(format!(
+        "GET /pns/poll?channel=a&hold=0 HTTP/1.1\r\nHost: t\r\nIf-None-Match: W/\"{c0}\"\r\n\r\n"
+    ));
+    assert_eq!(check_poll(&c.read_response()).c, 0);
+}
+
+#[test]
 fn answer_headers() {
     let s = Server::start(&["--threads", "1"]);
     let mut c = s.http();

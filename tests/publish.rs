@@ -487,30 +487,171 @@ fn nul_and_control_bytes_are_errors() {
     assert_eq!(s.stats()["published"], 3);
 }
 
+/// Nested arrays `depth` deep around `0`.
+fn nested(depth: usize) -> String {
+    format!("{}0{}", "[".repeat(depth), "]".repeat(depth))
+}
+
 #[test]
-fn deeply_nested_data_neither_crashes_nor_wedges() {
+fn data_nested_up_to_128_levels_is_published_and_deeper_is_refused() {
     let s = Server::start(&["--threads", "1"]);
     let c0 = s.cursor_now("deep");
     let mut p = s.publisher();
-    // As deep as a 65,536-byte line allows, valid: accepted and passed through unchanged.
     let head = "{\"channel\":\"deep\",\"data\":";
-    let depth = (65_536 - head.len() - 1) / 2;
-    let data = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+    let data = nested(128);
     let id = ack_id(&p.request(&format!("{head}{data}}}")));
-    // Unclosed: an error, and the connection still works.
-    expect_bad_line(&mut p, format!("{head}{}}}", "[".repeat(depth)).as_bytes());
-    expect_bad_line(
-        &mut p,
-        format!("{head}{}", "{\"a\":".repeat(12_000)).as_bytes(),
+    let refusal = "data nested deeper than 128 levels";
+    assert_eq!(
+        expect_bad_line(&mut p, format!("{head}{}}}", nested(129)).as_bytes()),
+        refusal
     );
-    // The poll answer carries the data verbatim (checked on the raw body: it is deeper than
-    // serde_json's default recursion limit).
+    // As deep as a 65,536-byte line allows: refused, without harm to the thread's stack.
+    let depth = (65_536 - head.len() - 2) / 2;
+    assert_eq!(
+        expect_bad_line(&mut p, format!("{head}{}}}", nested(depth)).as_bytes()),
+        refusal
+    );
+    // Objects count as arrays do; brackets inside strings do not count.
+    let objects = format!("{}0{}", "{\"a\":".repeat(129), "}".repeat(129));
+    assert_eq!(
+        expect_bad_line(&mut p, format!("{head}{objects}}}").as_bytes()),
+        refusal
+    );
+    let text = format!("\"{}\"", "[".repeat(1000));
+    let id2 = ack_id(&p.request(&format!("{head}{text}}}")));
+    // Unclosed: invalid JSON, and the connection still works.
+    expect_bad_line(&mut p, format!("{head}{}}}", "[".repeat(depth)).as_bytes());
+    // The poll answer carries the data verbatim (checked on the raw body: with the answer's
+    // own levels it is deeper than serde_json's default recursion limit).
     let r = s
         .http()
         .request(&poll_target(&["deep"], Some(&c0), Some(0)));
     assert_eq!(r.status, 200);
     let body = r.body_text();
-    assert!(body.contains(&format!("\"data\":{data}")), "data altered");
-    assert!(body.contains(&id));
-    assert_eq!(s.stats()["published"], 3);
+    assert!(body.contains(&format!("\"data\":{data}}}")), "data altered");
+    assert!(body.contains(&id) && body.contains(&id2));
+    // The four refused lines published nothing; every "still usable" publish went through.
+    assert_eq!(s.stats()["published"], 2 + 4);
+}
+
+#[test]
+fn duplicate_keys_are_refused_naming_the_key() {
+    let s = Server::start(&["--threads", "1"]);
+    let c0 = s.cursor_now("ok");
+    let mut p = s.publisher();
+    // The full table is line.rs's unit test; here, that the refusal reaches the socket.
+    for (line, key) in [
+        (r#"{"channel":"a","data":1,"channel":"b"}"#, "channel"),
+        (r#"{"channels":["a"],"\u0064ata":1,"data":2}"#, "data"),
+    ] {
+        assert_eq!(
+            expect_bad_line(&mut p, line.as_bytes()),
+            format!("duplicate key \"{key}\""),
+            "{line}"
+        );
+    }
+    // Nothing but the "still usable" publishes (on `ok`) went through.
+    let got = drain_polls(&s, &["a", "b", "ok"], &c0, 2);
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert!(got.iter().all(|m| m["data"] == "still usable"), "{got:?}");
+}
+
+/// A channel name of the wide publish.
+fn wide_name(i: usize) -> String {
+    format!("c{i}")
+}
+
+#[test]
+fn a_publish_to_8000_channels_is_acked_and_delivered_on_each() {
+    const WIDE: usize = 8000;
+    let s = Server::start(&["--threads", "2"]);
+    let names: Vec<String> = (0..WIDE).map(wide_name).collect();
+    let c0 = s.cursor_now("c0");
+    // Parked polls on the first, a middle and the last channel, on both threads.
+    let mut parked: Vec<(HttpConn, &str)> = ["c0", "c4000", "c7999"]
+        .into_iter()
+        .map(|ch| {
+            let mut c = s.http();
+            c.get(&poll_target(&[ch], None, Some(60)));
+            (c, ch)
+        })
+        .collect();
+    s.wait_parked(3);
+    let mut list = names.clone();
+    list.push("c0".into()); // a repeat counts once
+    let line = format!(
+        "{{\"channels\":{},\"data\":\"wide\"}}",
+        serde_json::to_string(&list).expect("json")
+    );
+    assert!(line.len() <= 65_536, "the line must fit: {}", line.len());
+    let mut p = s.publisher();
+    let id = ack_id(&p.request(&line));
+    for (c, ch) in &mut parked {
+        let poll = check_poll(&c.read_response());
+        assert_eq!(poll.ids(), vec![id.clone()], "{ch}");
+        assert_eq!(poll.msgs[0]["channel"], *ch);
+    }
+    // 16 of them (c7999, c7499, ..., c499) from an earlier cursor: one message, named by the
+    // first of the publisher's list that the poll subscribes to.
+    let some: Vec<&str> = names
+        .iter()
+        .rev()
+        .step_by(500)
+        .map(String::as_str)
+        .collect();
+    let poll = check_poll(&s.http().request(&poll_target(&some, Some(&c0), Some(0))));
+    assert_eq!(poll.ids(), vec![id]);
+    assert_eq!(poll.msgs[0]["channel"], "c499");
+    let st = p.stats();
+    assert_eq!(st["channels"], WIDE as u64, "{st}");
+    assert_eq!(st["messages"], 1, "{st}");
+}
+
+#[test]
+fn publishers_past_max_publishers_get_one_error_line_and_are_closed() {
+    let s = Server::start(&["--threads", "1", "--max-publishers", "2"]);
+    let c0 = s.cursor_now("m");
+    let mut served: Vec<Publisher> = (0..2).map(|_| s.publisher()).collect();
+    for p in &mut served {
+        p.stats(); // accepted and served
+    }
+    let mut extra = s.publisher();
+    extra.send("{\"channel\":\"m\",\"data\":\"refused\"}\n");
+    let lines = extra.read_until_eof();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let v: Value = serde_json::from_str(&lines[0]).expect("json");
+    assert_eq!(
+        error_text(&v),
+        "too many publisher connections (--max-publishers 2)"
+    );
+    // The command-line client shows the same line and fails.
+    let run = run_pnsd(
+        &[
+            "publish",
+            "--socket",
+            s.socket.to_str().expect("path"),
+            "m",
+            "1",
+        ],
+        &s.dir.path,
+    );
+    assert_eq!(run.code(), Some(1), "{}", run.stderr);
+    assert!(run.stdout.contains("--max-publishers 2"), "{}", run.stdout);
+    // The served publishers are unaffected.
+    let id = served[0].publish("m", "\"served\"");
+    // Once one hangs up, a new publisher is served (when the server has seen the hang-up).
+    drop(served.remove(1));
+    let deadline = std::time::Instant::now() + DEADLINE;
+    let id2 = loop {
+        let mut p = s.publisher();
+        p.send("{\"channel\":\"m\",\"data\":\"later\"}\n");
+        let v = p.read_answer();
+        if v["ok"] == true {
+            break ack_id(&v);
+        }
+        assert!(std::time::Instant::now() < deadline, "never served: {v}");
+        thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let got = drain_polls(&s, &["m"], &c0, 2);
+    assert_eq!(ids_of(&got), vec![id, id2]);
 }

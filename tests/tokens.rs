@@ -443,6 +443,31 @@ fn wrong_key_and_tampered_tokens_are_401() {
 }
 
 #[test]
+fn a_parked_poll_is_answered_401_when_its_token_expires() {
+    // Issue 8: no message is delivered on an expired token, also to a poll parked before exp.
+    let (server, _) = secret_server(b"correct horse battery staple\n", &[]);
+    let good = lib_token(&["a"]);
+    let mut conn = server.http();
+    let cursor = check_poll(&conn.request(&target(&["a"], None, 0, Some(&good)))).cursor;
+    let exp = now_secs() + 2;
+    let t = mint_with(KEY, &["a"], exp);
+    conn.get(&target(&["a"], Some(&cursor), 8, Some(&t)));
+    wait_past(exp);
+    let id = server.publish("a", "\"after exp\"");
+    let r = conn.read_response();
+    assert_eq!(check_error(&r, 401), "token_expired", "{r:?}");
+    assert!(!r.closes(), "a 401 keeps the connection");
+    assert_eq!(
+        server.stats()["delivered"],
+        0,
+        "delivered on an expired token"
+    );
+    // The same connection, with a good token, gets the message the expired one did not.
+    let p = check_poll(&conn.request(&target(&["a"], Some(&cursor), 0, Some(&good))));
+    assert_eq!(p.ids(), vec![id]);
+}
+
+#[test]
 fn expired_tokens_are_401() {
     let (server, secret) = secret_server(b"correct horse battery staple\n", &[]);
     let good = lib_token(&["a"]);

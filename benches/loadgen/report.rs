@@ -25,6 +25,30 @@ pub struct Fanout {
     pub client_floor_ms: Option<f64>,
     /// The load generator's CPU for that read, ms.
     pub client_floor_cpu_ms: Option<f64>,
+    /// Every subscriber's latency of every round, ms to the microsecond, sorted ascending
+    /// (`samples` values): the CDF behind `p50`, `p99` and `max`, which are its nearest-rank
+    /// percentiles. `benches/charts.sh` draws it.
+    pub latencies_ms: Vec<f64>,
+}
+
+impl Fanout {
+    /// The latency part of a summary from every subscriber's latency (ms, any order): rounded
+    /// to the microsecond (the clock's useful resolution here, and half the JSON of full
+    /// precision), sorted, and the percentiles taken from exactly those values.
+    pub fn from_latencies(mut latencies_ms: Vec<f64>) -> Fanout {
+        for l in latencies_ms.iter_mut() {
+            *l = (*l * 1000.0).round() / 1000.0;
+        }
+        latencies_ms.sort_by(f64::total_cmp);
+        Fanout {
+            p50: percentile(&latencies_ms, 0.5),
+            p99: percentile(&latencies_ms, 0.99),
+            max: percentile(&latencies_ms, 1.0),
+            samples: latencies_ms.len(),
+            latencies_ms,
+            ..Fanout::default()
+        }
+    }
 }
 
 /// Re-poll throughput and the order check.
@@ -158,6 +182,7 @@ impl Results {
                 "p50": f.p50, "p99": f.p99, "max": f.max, "rounds": f.rounds,
                 "samples": f.samples, "missing": f.missing, "client_cpu_ms": f.client_cpu_ms,
                 "server_cpu_ms": f.server_cpu_ms, "client_floor": f.client_floor_ms, "client_floor_cpu_ms": f.client_floor_cpu_ms,
+                "latencies": f.latencies_ms,
             })),
             "repoll_per_s": self.repoll.as_ref().map(|r| r.per_s),
             "repoll_msgs_per_s": self.repoll.as_ref().map(|r| r.msgs_per_s),

@@ -203,18 +203,14 @@ pub fn fanout(o: &Options, crowd: &mut Crowd, res: &mut Results) -> Result<(), S
         crowd.poll_all(o)?;
     }
     let floor = client_floor(o, crowd, &channel, o.rounds as u64)?;
-    latencies.sort_by(f64::total_cmp);
     res.fanout = Some(Fanout {
         client_floor_ms: floor.map(|f| f.0),
         client_floor_cpu_ms: floor.map(|f| f.1),
-        p50: percentile(&latencies, 0.5),
-        p99: percentile(&latencies, 0.99),
-        max: percentile(&latencies, 1.0),
         rounds: o.rounds,
-        samples: latencies.len(),
         missing,
         client_cpu_ms: client_cpu * 1000.0 / o.rounds as f64,
         server_cpu_ms: server_cpu_total.map(|t| t * 1000.0 / o.rounds as f64),
+        ..Fanout::from_latencies(latencies)
     });
     res.reconnects += crowd.reactor.counters.reconnects;
     Ok(())

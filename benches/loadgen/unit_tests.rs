@@ -343,6 +343,48 @@ mod report_tests {
         };
         assert_eq!(none.server_cpu_per_answer_us(), None);
     }
+
+    /// The JSON `latencies` of fan-out, as `benches/charts.sh` reads it: sorted, `samples` long,
+    /// and `p50`/`p99`/`max` are its nearest-rank percentiles.
+    pub fn check_latency_cdf(j: &serde_json::Value) {
+        let f = &j["fanout_ms"];
+        let l: Vec<f64> = f["latencies"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no fanout_ms.latencies in {f}"))
+            .iter()
+            .map(|v| {
+                v.as_f64()
+                    .unwrap_or_else(|| panic!("latency {v} is not a number"))
+            })
+            .collect();
+        assert_eq!(Some(l.len() as u64), f["samples"].as_u64());
+        assert!(l.windows(2).all(|w| w[0] <= w[1]), "not sorted: {l:?}");
+        for (q, key) in [(0.5, "p50"), (0.99, "p99"), (1.0, "max")] {
+            assert_eq!(Some(percentile(&l, q)), f[key].as_f64(), "{key}");
+        }
+    }
+
+    #[test]
+    fn fanout_latencies_are_the_cdf_behind_the_percentiles() {
+        // 1..=200 ms in a scrambled order (7 is coprime with 200), with sub-microsecond noise.
+        let raw: Vec<f64> = (0..200u32)
+            .map(|i| f64::from((i * 7) % 200 + 1) + 0.000_4)
+            .collect();
+        let f = Fanout::from_latencies(raw);
+        assert_eq!((f.samples, f.p50, f.p99, f.max), (200, 100.0, 198.0, 200.0));
+        assert_eq!(f.latencies_ms.first(), Some(&1.0));
+        let r = Results {
+            fanout: Some(Fanout { rounds: 2, ..f }),
+            ..Results::default()
+        };
+        let j = r.json();
+        check_latency_cdf(&j);
+        assert_eq!(j["fanout_ms"]["latencies"][199], 200.0);
+        assert_eq!(
+            Fanout::from_latencies(vec![2.345_6, 0.5]).latencies_ms,
+            vec![0.5, 2.346]
+        );
+    }
 }
 
 mod order_tests {
@@ -709,6 +751,7 @@ mod against_pnsd {
         assert_eq!((f.samples, f.missing), (300 * 2, 0));
         assert!(f.p50 <= f.p99 && f.p99 <= f.max);
         assert!(f.client_floor_ms.is_some() && f.server_cpu_ms.is_some());
+        crate::report_tests::check_latency_cdf(&res.json());
         drop(crowd);
         scenarios::repoll(&o, &mut res).unwrap_or_else(|e| panic!("{e}"));
         let r = res

@@ -1,11 +1,11 @@
-//! Fuzz target `publish_line`: one publish-socket line -> `publish::parse_line` -> the store.
+//! Fuzz target `publish_line`: one publish-socket line -> `line::parse_line` -> the store.
 //!
 //! Invariants checked for every input:
 //! - `parse_line` never panics; an error text makes a well-formed JSON error line, and a line
 //!   that is strict JSON is never refused as invalid JSON;
 //! - a `Publish` comes from valid UTF-8 holding a JSON object, has 1 or more valid, distinct
 //!   channels and a `data` taken verbatim from the line that is strict JSON (serde_json parses
-//!   it into a `Value`: escapes decode, numbers fit; any depth);
+//!   it into a `Value`: escapes decode, numbers fit) nested at most `line::MAX_DEPTH` levels;
 //! - publishing it into a fresh store gives seq 1 on the store's epoch, and the message encodes,
 //!   under each of its channels, to one JSON object whose `id`, `channel`, `type` and `data` are
 //!   the ones published (`data` equal as a JSON value);
@@ -14,7 +14,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use pnsd::cursor;
-use pnsd::publish::{self, Request};
+use pnsd::line::{self, Request};
 use pnsd::query::valid_channel;
 use pnsd::store::Store;
 use serde::Deserialize as _;
@@ -24,11 +24,11 @@ use serde_json::Value;
 const EPOCH: u64 = 0x1234_5678_9abc;
 
 fuzz_target!(|line: &[u8]| {
-    let req = match publish::parse_line(line) {
+    let req = match line::parse_line(line) {
         Ok(r) => r,
         Err(e) => {
             let mut out = Vec::new();
-            publish::error_line(&mut out, &e);
+            line::error_line(&mut out, &e);
             let v: Value = serde_json::from_slice(&out).expect("error line is JSON");
             assert_eq!(v["ok"], Value::Bool(false));
             assert_eq!(out.last(), Some(&b'\n'));
@@ -40,20 +40,17 @@ fuzz_target!(|line: &[u8]| {
     };
     let text = std::str::from_utf8(line).expect("accepted line is UTF-8");
     assert!(text.trim_start().starts_with('{'));
-    let Request::Publish {
-        channels,
-        kind,
-        data,
-    } = req
-    else {
+    let Request::Publish(p) = req else {
         return; // Stats
     };
+    let (channels, kind, data) = (p.channels, p.kind, p.data);
     assert!(!channels.is_empty());
     for (i, c) in channels.iter().enumerate() {
         assert!(valid_channel(c), "{c:?}");
         assert!(!channels[..i].contains(c), "repeat {c:?}");
     }
     assert!(text.contains(&*data), "data is not the publisher's text");
+    assert!(depth(&data) <= line::MAX_DEPTH, "data nested too deep: {data}");
     let data_value = match strict(data.as_bytes()) {
         Ok(v) => v,
         Err(e) => panic!("data is not strict JSON ({e}): {data}"),
@@ -82,13 +79,34 @@ fuzz_target!(|line: &[u8]| {
     let found = store.read(&channels, 0, 0, 10);
     assert_eq!(found.messages.len(), 1);
     let mut ack = Vec::new();
-    publish::ack_line(&mut ack, &id);
+    line::ack_line(&mut ack, &id);
     let v: Value = serde_json::from_slice(&ack).expect("ack is JSON");
     assert_eq!(v["id"].as_str(), Some(id.as_str()));
 });
 
-/// serde_json's strict parse (escapes decoded, numbers in range) without its depth limit, which
-/// pnsd does not impose on `data` either.
+/// The deepest nesting of brackets in `json`, a well-formed JSON text (strings skipped).
+fn depth(json: &str) -> usize {
+    let (mut deepest, mut now, mut in_string, mut escaped) = (0, 0usize, false, false);
+    for b in json.bytes() {
+        match (in_string, escaped, b) {
+            (true, true, _) => escaped = false,
+            (true, false, b'\\') => escaped = true,
+            (true, false, b'"') => in_string = false,
+            (true, false, _) => {}
+            (false, _, b'"') => in_string = true,
+            (false, _, b'[' | b'{') => {
+                now += 1;
+                deepest = deepest.max(now);
+            }
+            (false, _, b']' | b'}') => now = now.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
+/// serde_json's strict parse (escapes decoded, numbers in range) without its depth limit, so
+/// the oracle parses whatever it is given; pnsd's own limit is checked by `depth`.
 fn strict(text: &[u8]) -> Result<Value, serde_json::Error> {
     let mut de = serde_json::Deserializer::from_slice(text);
     de.disable_recursion_limit();

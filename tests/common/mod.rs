@@ -120,7 +120,19 @@ impl Server {
         args: &[&str],
         configure: impl FnOnce(&mut Command),
     ) -> Server {
-        let mut cmd = Command::new(BIN);
+        Server::start_wrapped(&[], dir, socket, before, args, configure)
+    }
+
+    /// Like [`Server::start_in_with`], run through `wrapper` (see [`pnsd_command`]).
+    pub fn start_wrapped(
+        wrapper: &[&str],
+        dir: TempDir,
+        socket: PathBuf,
+        before: &[&str],
+        args: &[&str],
+        configure: impl FnOnce(&mut Command),
+    ) -> Server {
+        let mut cmd = pnsd_command(wrapper);
         cmd.args(before)
             .arg("--listen")
             .arg("127.0.0.1:0")
@@ -186,6 +198,17 @@ impl Server {
     }
 
     /// Waits (bounded) until exactly `n` polls are parked.
+    /// The server's resident memory in KiB (`VmRSS` of /proc/PID/status).
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("read /proc/PID/status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/PID/status")
+    }
+
     pub fn wait_parked(&self, n: u64) -> Value {
         self.wait_stat("parked", n)
     }
@@ -411,18 +434,45 @@ impl Run {
     }
 }
 
+/// `pnsd`, or, with a non-empty `wrapper`, `WRAPPER... pnsd`: a program that ends by exec'ing
+/// pnsd in its own process (`systemd-socket-activate`, or `sh -c` exporting `LISTEN_PID=$$`),
+/// so the child is pnsd itself for signals and the exit status.
+pub fn pnsd_command(wrapper: &[&str]) -> Command {
+    match wrapper.split_first() {
+        None => Command::new(BIN),
+        Some((program, rest)) => {
+            let mut cmd = Command::new(program);
+            cmd.args(rest).arg(BIN);
+            cmd
+        }
+    }
+}
+
 /// Runs `pnsd ARGS...` in `cwd` (a temp dir, so a default `./pnsd.sock` lands there) with
 /// `RUST_LOG` removed, waits (bounded) for it to exit and returns its output. A process still
 /// running at the deadline is killed and the test fails; so is one that prints the startup
 /// line (it is serving and will not exit by itself; every caller expects an exit).
 pub fn run_pnsd(args: &[&str], cwd: &Path) -> Run {
+    run_pnsd_with(&[], args, cwd, |_| {})
+}
+
+/// Like [`run_pnsd`], run through `wrapper` (see [`pnsd_command`]) with `configure` applied
+/// to the command before it is spawned.
+pub fn run_pnsd_with(
+    wrapper: &[&str],
+    args: &[&str],
+    cwd: &Path,
+    configure: impl FnOnce(&mut Command),
+) -> Run {
     let out_path = cwd.join(format!(
         "run-{}.out",
         TEMP_COUNTER.fetch_add(1, Ordering::SeqCst)
     ));
     let err_path = out_path.with_extension("err");
-    let mut child = Command::new(BIN)
-        .args(args)
+    let mut cmd = pnsd_command(wrapper);
+    cmd.args(args);
+    configure(&mut cmd);
+    let mut child = cmd
         .current_dir(cwd)
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())

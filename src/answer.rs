@@ -1,0 +1,260 @@
+//! A poll's answer as response bytes: small answers encoded flat (one contiguous buffer, one
+//! `send`), large ones written from the store's own message bytes by reference.
+//!
+//! Invariants:
+//! - An answer's bytes are exactly `response::write` of the contract's JSON body, whichever
+//!   form holds them (the unit tests compare both forms byte for byte).
+//! - What an answer owns is bounded by a constant whatever the message sizes: a flat answer's
+//!   body is at most `FLAT_MAX` bytes; a referenced answer owns its HTTP head, the body's
+//!   first and last few bytes and one `(Arc<Message>, channel index)` pair per message (at
+//!   most `poll::MAX_PER_ANSWER`); the message bytes stay the store's, shared by reference.
+//! - Error answers and other small responses are `Answer::Flat` too.
+
+use std::io::IoSlice;
+use std::sync::Arc;
+
+use crate::cursor;
+use crate::response::{self, Extra};
+use crate::sockio::{self, Segments};
+use crate::store::{Found, Message};
+
+/// Bodies up to this size are copied into one buffer, so the common answer of a few small
+/// messages (the fan-out and re-poll hot paths) is one `send` of contiguous bytes; larger ones
+/// are written by reference. 2 KiB is about what the references of a full answer (100 x 16
+/// bytes) cost anyway, so a client that does not read holds at most ~2.5 KiB either way.
+pub const FLAT_MAX: usize = 2048;
+
+/// Response bytes; see the module documentation.
+#[derive(Debug)]
+pub enum Answer {
+    Flat(Vec<u8>),
+    Refs(RefAnswer),
+}
+
+/// An answer written from the messages' stored encodings.
+#[derive(Debug)]
+pub struct RefAnswer {
+    /// Status line, headers and `{"c":N,"msg":[`.
+    head: Vec<u8>,
+    /// Each message and the index (in `Message::channels`) of the channel it is named by.
+    msgs: Vec<(Arc<Message>, u32)>,
+    /// `],"cursor":"…"` with `,"reset":true` if set, and `}`.
+    trailer: Vec<u8>,
+    len: usize,
+}
+
+const QUOTE: &[u8] = b"\"";
+const COMMA: &[u8] = b",";
+
+impl RefAnswer {
+    fn parts(&self) -> impl Iterator<Item = &[u8]> {
+        let msgs = self.msgs.iter().enumerate().flat_map(|(i, (m, ch))| {
+            let sep: &[u8] = if i > 0 { COMMA } else { b"" };
+            let name = m.channels.get(*ch as usize).map_or("", |c| &**c);
+            [
+                sep,
+                m.head().as_bytes(),
+                QUOTE,
+                name.as_bytes(),
+                QUOTE,
+                m.tail().as_bytes(),
+            ]
+        });
+        std::iter::once(&self.head[..])
+            .chain(msgs)
+            .chain(std::iter::once(&self.trailer[..]))
+    }
+
+    /// Bytes this answer owns beside the shared messages (for the memory bound's test).
+    pub fn owned_bytes(&self) -> usize {
+        std::mem::size_of::<RefAnswer>()
+            + self.head.capacity()
+            + self.trailer.capacity()
+            + self.msgs.capacity() * std::mem::size_of::<(Arc<Message>, u32)>()
+    }
+}
+
+impl Answer {
+    /// Bytes this answer owns beside shared messages.
+    pub fn owned_bytes(&self) -> usize {
+        match self {
+            Answer::Flat(v) => std::mem::size_of::<Answer>() + v.capacity(),
+            Answer::Refs(r) => r.owned_bytes(),
+        }
+    }
+}
+
+impl Segments for Answer {
+    fn total_len(&self) -> usize {
+        match self {
+            Answer::Flat(v) => v.len(),
+            Answer::Refs(r) => r.len,
+        }
+    }
+
+    fn slices_from<'a>(&'a self, pos: usize, out: &mut [IoSlice<'a>]) -> usize {
+        match self {
+            Answer::Flat(v) => v[..].slices_from(pos, out),
+            Answer::Refs(r) => sockio::slices_of(r.parts(), pos, out),
+        }
+    }
+
+    fn contiguous(&self) -> Option<&[u8]> {
+        match self {
+            Answer::Flat(v) => Some(v),
+            Answer::Refs(_) => None,
+        }
+    }
+}
+
+/// The whole HTTP response answering a poll on `channels` with what `found` holds.
+pub fn encode<S: AsRef<str>>(
+    found: &Found,
+    channels: &[S],
+    epoch: u64,
+    close: bool,
+    cors: Option<&str>,
+) -> Answer {
+    let last = found.messages.last().map_or(found.last_seq, |m| m.seq);
+    let tag = cursor::encode(epoch, last);
+    let mut prefix = Vec::with_capacity(24);
+    prefix.extend_from_slice(b"{\"c\":");
+    prefix.extend_from_slice(found.messages.len().to_string().as_bytes());
+    prefix.extend_from_slice(b",\"msg\":[");
+    let mut trailer = Vec::with_capacity(48);
+    trailer.extend_from_slice(b"],\"cursor\":\"");
+    trailer.extend_from_slice(tag.as_bytes());
+    trailer.push(b'"');
+    if found.reset {
+        trailer.extend_from_slice(b",\"reset\":true");
+    }
+    trailer.push(b'}');
+    // Which channel names each message: the first of its channels the poll subscribes to.
+    let named = |m: &Message| -> u32 {
+        m.channels
+            .iter()
+            .position(|c| channels.iter().any(|s| s.as_ref() == &**c))
+            .unwrap_or(0) as u32
+    };
+    let mut body_len = prefix.len() + trailer.len();
+    for (i, m) in found.messages.iter().enumerate() {
+        let ch = m.channels.get(named(m) as usize).map_or(0, |c| c.len());
+        body_len += usize::from(i > 0) + m.head().len() + 2 + ch + m.tail().len();
+    }
+    let extra = Extra {
+        close,
+        cors,
+        etag: Some(&tag),
+        ..Extra::default()
+    };
+    if body_len <= FLAT_MAX {
+        let mut out = Vec::with_capacity(body_len + 256);
+        response::write_head(&mut out, 200, &extra, body_len);
+        out.extend_from_slice(&prefix);
+        for (i, m) in found.messages.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            let ch = m.channels.get(named(m) as usize).map_or("", |c| &**c);
+            m.encode_into(&mut out, ch);
+        }
+        out.extend_from_slice(&trailer);
+        return Answer::Flat(out);
+    }
+    let mut head = Vec::with_capacity(256 + prefix.len());
+    response::write_head(&mut head, 200, &extra, body_len);
+    head.extend_from_slice(&prefix);
+    let len = head.len() + body_len - prefix.len();
+    Answer::Refs(RefAnswer {
+        head,
+        msgs: found
+            .messages
+            .iter()
+            .map(|m| (m.clone(), named(m)))
+            .collect(),
+        trailer,
+        len,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+
+    fn flatten(a: &Answer) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut iov = [IoSlice::new(&[]); 16];
+        let mut pos = 0;
+        loop {
+            let n = a.slices_from(pos, &mut iov);
+            if n == 0 {
+                break;
+            }
+            for s in &iov[..n] {
+                out.extend_from_slice(s);
+                pos += s.len();
+            }
+        }
+        assert_eq!(out.len(), a.total_len());
+        out
+    }
+
+    fn found(size: usize, n: usize, reset: bool) -> (Store, Found) {
+        let mut store = Store::new(7, 200, 60_000, 16);
+        let data = format!("\"{}\"", "x".repeat(size));
+        for _ in 0..n {
+            store
+                .publish(vec!["b".into(), "a".into()].into(), Some(3), &data, 0)
+                .unwrap();
+        }
+        let mut f = store.read(&["a"], 0, 0, 100);
+        f.reset = reset;
+        (store, f)
+    }
+
+    #[test]
+    fn both_forms_are_the_same_bytes() {
+        for (size, n, reset) in [(10, 3, false), (5000, 3, true), (60_000, 100, false)] {
+            let (_store, f) = found(size, n, reset);
+            let a = encode(&f, &["a"], 7, false, Some("*"));
+            assert_eq!(matches!(a, Answer::Refs(_)), size * n > FLAT_MAX);
+            let bytes = flatten(&a);
+            let text = String::from_utf8(bytes).unwrap();
+            let (head, body) = text.split_once("\r\n\r\n").unwrap();
+            assert!(head.contains(&format!("Content-Length: {}", body.len())));
+            let v: serde_json::Value = serde_json::from_str(body).unwrap();
+            assert_eq!(v["c"], n);
+            assert_eq!(v["msg"][0]["channel"], "a");
+            assert_eq!(v["reset"].as_bool().unwrap_or(false), reset);
+            // The flat encoding of the same answer is byte for byte the same.
+            let mut flat = Vec::new();
+            let mut body_flat = Vec::new();
+            body_flat.extend_from_slice(body.as_bytes());
+            response::write(
+                &mut flat,
+                200,
+                &Extra {
+                    cors: Some("*"),
+                    etag: Some(v["cursor"].as_str().unwrap()),
+                    ..Extra::default()
+                },
+                &body_flat,
+            );
+            assert_eq!(flat, text.as_bytes());
+        }
+    }
+
+    #[test]
+    fn held_size_does_not_depend_on_message_size() {
+        let (_s1, small) = found(5_000, 100, false);
+        let (_s2, large) = found(60_000, 100, false);
+        let a = encode(&small, &["a"], 7, false, None).owned_bytes();
+        let b = encode(&large, &["a"], 7, false, None).owned_bytes();
+        assert_eq!(a, b);
+        // Far below a copy of even one message.
+        assert!(a < 4096, "{a}");
+        let flat = encode(&found(30, 100, false).1, &["a"], 7, false, None).owned_bytes();
+        assert!(flat <= FLAT_MAX + 512, "{flat}");
+    }
+}
