@@ -223,7 +223,9 @@ export class PnsClient {
   }
 
   _setState(state, retryInMs = null) {
-    if (this.state === state && state !== "backoff") return;
+    const shown = `${state} ${this.transport}`;
+    if (this._shown === shown && state !== "backoff") return;
+    this._shown = shown;
     this.state = state;
     this._call(this.onState, { state, transport: this.transport, retryInMs });
   }
