@@ -72,6 +72,7 @@ export class PnsClient {
     this.requested = wanted;
     this.transport = null;
     this.state = "stopped";
+    this._shown = "stopped null";
     this.cursor = null;
     this._gen = 0;
     this._failures = 0;
