@@ -16,25 +16,14 @@ import {
   sleep,
   ns,
   range,
+  publishMixed,
+  restartPnsd,
+  openClient,
+  seen,
+  waitMessages,
 } from "./lib/harness.mjs";
 
 const T = { timeout: 90000 };
-
-/** Opens the client test page of `site` and starts a client with `cfg`. */
-async function openClient(page, site, cfg) {
-  await page.goto(`${site.origin}/tests/browser/client-page.html`);
-  await page.waitForFunction(() => window.ready === true);
-  await page.evaluate((c) => window.startClient(c), cfg);
-}
-
-const seen = (page) => page.evaluate(() => window.seen);
-
-async function waitMessages(page, n, ms = 20000) {
-  await waitFor(async () => (await page.evaluate(() => window.seen.messages.length)) >= n, `${n} messages in the page`, ms);
-  // Anything delivered twice would arrive right behind the last one: give it the chance.
-  await sleep(300);
-  return seen(page);
-}
 
 /** Counts the page's GET requests to `prefix`. */
 function countRequests(page, prefix) {
@@ -43,6 +32,15 @@ function countRequests(page, prefix) {
     if (r.method() === "GET" && r.url().startsWith(prefix)) c.n += 1;
   });
   return c;
+}
+
+/** A poll parked by the test itself (it fills a --max-connections 1), as a raw socket. */
+function holdPoll(t, port) {
+  const held = net.connect(port, "127.0.0.1");
+  held.on("error", () => {});
+  cleanup(t, () => held.destroy());
+  held.write("GET /pns/poll?channel=held&hold=60 HTTP/1.1\r\nHost: t\r\n\r\n");
+  return held;
 }
 
 /** A cross-origin setup: static site, pnsd allowing exactly that site's origin. */
@@ -60,17 +58,7 @@ test("long-poll: 200 messages, bursts of 50 and publishes while it re-polls, eac
   if (!s) return;
   await openClient(s.page, s.site, { url: s.pnsd.pollUrl, channels: ["user:42"], transport: "poll" });
   await s.pub.waitParked(1);
-  const msg = (n) => ({ channel: "user:42", type: 70, data: { n } });
-  let n = 0;
-  for (let round = 0; round < 2; round++) {
-    await s.pub.burst(range(n, n + 50).map(msg));
-    n += 50;
-    // Singles, each acknowledged before the next: most land while the client is between polls.
-    for (let i = 0; i < 50; i++, n++) {
-      await s.pub.publish("user:42", { n }, 70);
-      if (i % 5 === 0) await sleep(Math.floor(Math.random() * 4));
-    }
-  }
+  await publishMixed(s.pub, "user:42", 200, 1);
   const got = await waitMessages(s.page, 200);
   assert.deepEqual(ns(got.messages), range(0, 200));
   assert.equal(new Set(got.messages.map((m) => m.id)).size, 200, "every id once");
@@ -104,15 +92,7 @@ test("SIGTERM and restart on the same port: error, back-off, recovery, onReset b
   assert.equal(code, 0, "pnsd drains and exits 0");
   await waitFor(async () => (await seen(s.page)).errors.some((e) => e.status === 0), "the client to see the refused re-poll");
 
-  let again;
-  await waitFor(async () => {
-    try {
-      again = await startPnsd(t, { port: s.pnsd.port, dir: s.pnsd.dir, args: ["--cors-origin", s.site.origin] });
-      return true;
-    } catch (e) {
-      return false;
-    }
-  }, "pnsd to start again on the same port");
+  const again = await restartPnsd(t, s.pnsd, ["--cors-origin", s.site.origin]);
   const pub = await connectPublisher(t, again.sock);
   for (let n = 5; n < 10; n++) await pub.publish("user:42", { n });
   const got = await waitMessages(s.page, 10);
@@ -135,10 +115,7 @@ test("503 with Retry-After (same origin through a proxy): the client waits at le
   pnsd = await startPnsd(t, { args: ["--max-connections", "1"] });
   const pub = await connectPublisher(t, pnsd.sock);
   // The one connection pnsd admits: a poll parked by the test.
-  const held = net.connect(pnsd.port, "127.0.0.1");
-  held.on("error", () => {});
-  cleanup(t, () => held.destroy());
-  held.write("GET /pns/poll?channel=held&hold=60 HTTP/1.1\r\nHost: t\r\n\r\n");
+  const held = holdPoll(t, pnsd.port);
   await pub.waitParked(1);
 
   await openClient(b.page, site, { url: `${site.origin}/pns/poll`, channels: ["user:42"], transport: "poll" });
@@ -266,10 +243,7 @@ test("CORS on errors: a mistyped endpoint shows its JSON error to the page (404 
 test("503 with Retry-After across origins: the client reads Retry-After and waits at least that long", { ...T, skip: CORS_ON_ERRORS }, async (t) => {
   const s = await crossOrigin(t, ["--max-connections", "1"]);
   if (!s) return;
-  const held = net.connect(s.pnsd.port, "127.0.0.1");
-  held.on("error", () => {});
-  cleanup(t, () => held.destroy());
-  held.write("GET /pns/poll?channel=held&hold=60 HTTP/1.1\r\nHost: t\r\n\r\n");
+  const held = holdPoll(t, s.pnsd.port);
   // The publisher is connection one; the held poll fills the limit only once it is parked.
   await s.pub.waitParked(1);
   await openClient(s.page, s.site, { url: s.pnsd.pollUrl, channels: ["user:42"], transport: "poll" });

@@ -13,6 +13,7 @@ import {
   waitFor,
   sleep,
   range,
+  publishMixed,
 } from "./lib/harness.mjs";
 
 const T = { timeout: 120000 };
@@ -102,17 +103,8 @@ test("seed page in session mode: 200 messages, bursts of 50 and publishes during
   assert.equal(ack.ok, true);
   await s.open("S1");
   await s.pub.waitParked(1);
-  const msg = (n) => ({ channel: "user:42", type: 70, data: { n } });
-  let n = 0;
-  for (let round = 0; round < 2; round++) {
-    await s.pub.burst(range(n, n + 50).map(msg));
-    n += 50;
-    // Singles spread over several of the page's 500 ms pauses.
-    for (let i = 0; i < 50; i++, n++) {
-      await s.pub.publish("user:42", { n }, 70);
-      await sleep(20);
-    }
-  }
+  // Singles 20 ms apart: many land in the page's 500 ms pauses.
+  await publishMixed(s.pub, "user:42", 200, 20);
   await waitFor(async () => (await mails(s)) >= 200, "200 mails in the page", 60000);
   await sleep(1200);
   assert.deepEqual((await s.record()).mails.map((d) => d.n), range(0, 200));

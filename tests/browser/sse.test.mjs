@@ -6,7 +6,20 @@
 // reset, a `retry:` line, comment heartbeats (--sse-heartbeat), a clean end after --sse-max SECS.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { startPnsd, startStatic, connectPublisher, launchBrowser, waitFor, sleep, ns, range } from "./lib/harness.mjs";
+import {
+  startPnsd,
+  startStatic,
+  connectPublisher,
+  launchBrowser,
+  waitFor,
+  sleep,
+  ns,
+  range,
+  publishMixed,
+  restartPnsd,
+  openClient,
+  waitMessages,
+} from "./lib/harness.mjs";
 
 const PENDING = { timeout: 120000, skip: "pending: pnsd does not speak SSE yet (issue 11 item 2)" };
 
@@ -16,31 +29,8 @@ async function setup(t, args = []) {
   const site = await startStatic(t);
   const pnsd = await startPnsd(t, { args: ["--cors-origin", site.origin, "--buffer", "256", ...args] });
   const pub = await connectPublisher(t, pnsd.sock);
-  await b.page.goto(`${site.origin}/tests/browser/client-page.html`);
-  await b.page.waitForFunction(() => window.ready === true);
+  await openClient(b.page, site);
   return { ...b, site, pnsd, pub };
-}
-
-const seen = (page) => page.evaluate(() => window.seen);
-
-async function waitMessages(page, n, ms = 30000) {
-  await waitFor(async () => (await page.evaluate(() => window.seen.messages.length)) >= n, `${n} messages`, ms);
-  await sleep(300);
-  return seen(page);
-}
-
-/** Publishes 0..count-1 on user:42: bursts of 50 and spaced singles. */
-async function publishMixed(pub, count, gapMs = 2) {
-  let n = 0;
-  while (n < count) {
-    const burst = Math.min(50, count - n);
-    await pub.burst(range(n, n + burst).map((k) => ({ channel: "user:42", type: 70, data: { n: k } })));
-    n += burst;
-    for (let i = 0; i < 50 && n < count; i++, n++) {
-      await pub.publish("user:42", { n }, 70);
-      await sleep(gapMs);
-    }
-  }
 }
 
 test("SSE transport: 200 messages with bursts of 50, each exactly once in order", PENDING, async (t) => {
@@ -48,7 +38,7 @@ test("SSE transport: 200 messages with bursts of 50, each exactly once in order"
   if (!s) return;
   await s.page.evaluate((url) => window.startClient({ url, channels: ["user:42"], transport: "sse" }), s.pnsd.pollUrl);
   await waitFor(() => s.page.evaluate(() => window.client.state === "open"), "the stream to open");
-  await publishMixed(s.pub, 200);
+  await publishMixed(s.pub, "user:42", 200, 2);
   const got = await waitMessages(s.page, 200);
   assert.deepEqual(ns(got.messages), range(0, 200));
   assert.equal(new Set(got.messages.map((m) => m.id)).size, 200);
@@ -72,7 +62,7 @@ test("SSE: streams that end after --sse-max reconnect with the cursor; nothing l
   await s.page.evaluate((url) => window.startClient({ url, channels: ["user:42"], transport: "sse" }), s.pnsd.pollUrl);
   await waitFor(() => s.page.evaluate(() => window.client.state === "open"), "the stream to open");
   // About 7 s of publishing: at least three stream ends fall inside it.
-  await publishMixed(s.pub, 300, 40);
+  await publishMixed(s.pub, "user:42", 300, 40);
   const got = await waitMessages(s.page, 300);
   assert.deepEqual(ns(got.messages), range(0, 300));
   assert.equal(got.resets.length, 0);
@@ -110,15 +100,7 @@ test("SSE: SIGTERM and restart: event: reset comes before the new run's messages
   for (let n = 0; n < 5; n++) await s.pub.publish("user:42", { n });
   await waitMessages(s.page, 5);
   assert.equal((await s.pnsd.stop("SIGTERM")).code, 0);
-  let again;
-  await waitFor(async () => {
-    try {
-      again = await startPnsd(t, { port: s.pnsd.port, dir: s.pnsd.dir, args: ["--cors-origin", s.site.origin] });
-      return true;
-    } catch (_) {
-      return false;
-    }
-  }, "pnsd to start again");
+  const again = await restartPnsd(t, s.pnsd, ["--cors-origin", s.site.origin]);
   const pub = await connectPublisher(t, again.sock);
   for (let n = 5; n < 10; n++) await pub.publish("user:42", { n });
   const got = await waitMessages(s.page, 10);

@@ -296,6 +296,55 @@ function missing(t, what) {
   return null;
 }
 
+/**
+ * Publishes `{n}` for n in 0..count-1 (type 70) on `channel`: bursts of 50 pipelined, each
+ * followed by up to 50 singles acknowledged one by one with `gapMs` between them, so some land
+ * while the subscriber is between two polls.
+ */
+export async function publishMixed(pub, channel, count, gapMs) {
+  let n = 0;
+  while (n < count) {
+    const burst = Math.min(50, count - n);
+    await pub.burst(range(n, n + burst).map((k) => ({ channel, type: 70, data: { n: k } })));
+    n += burst;
+    for (let i = 0; i < 50 && n < count; i++, n++) {
+      await pub.publish(channel, { n }, 70);
+      if (gapMs) await sleep(gapMs);
+    }
+  }
+}
+
+/** Starts pnsd again on `old`'s port and directory (retried while the port is still taken). */
+export async function restartPnsd(t, old, args) {
+  let again;
+  await waitFor(async () => {
+    try {
+      again = await startPnsd(t, { port: old.port, dir: old.dir, args });
+      return true;
+    } catch (_) {
+      return false;
+    }
+  }, "pnsd to start again on the same port");
+  return again;
+}
+
+/** Opens tests/browser/client-page.html of `site`; with `cfg`, starts a client with it. */
+export async function openClient(page, site, cfg) {
+  await page.goto(`${site.origin}/tests/browser/client-page.html`);
+  await page.waitForFunction(() => window.ready === true);
+  if (cfg) await page.evaluate((c) => window.startClient(c), cfg);
+}
+
+/** What the client page's callbacks recorded. */
+export const seen = (page) => page.evaluate(() => window.seen);
+
+/** Waits for `n` messages in the client page, then a little more (a duplicate would show). */
+export async function waitMessages(page, n, ms = 20000) {
+  await waitFor(async () => (await page.evaluate(() => window.seen.messages.length)) >= n, `${n} messages in the page`, ms);
+  await sleep(300);
+  return seen(page);
+}
+
 /** The `n` values of the messages a page collected, for order/duplicate checks. */
 export const ns = (msgs) => msgs.map((m) => m.data.n);
 export const range = (a, b) => Array.from({ length: b - a }, (_, i) => a + i);
