@@ -43,6 +43,7 @@ test("SSE transport: 200 messages with bursts of 50, each exactly once in order"
   assert.deepEqual(ns(got.messages), range(0, 200));
   assert.equal(new Set(got.messages.map((m) => m.id)).size, 200);
   assert.equal(got.resets.length, 0);
+  assert.deepEqual(got.errors, [], "no error (a server without SSE shows as sse_refused)");
   assert.equal(await s.page.evaluate(() => window.client.transport), "sse");
 });
 
@@ -92,7 +93,7 @@ test("SSE: a plain EventSource resumes from Last-Event-ID after the server ends 
   assert.equal(raw.resets, 0);
 });
 
-test("SSE: SIGTERM and restart: event: reset comes before the new run's messages", PENDING, async (t) => {
+test("SSE: SIGTERM and restart: onReset before the new run's messages, which come over SSE", PENDING, async (t) => {
   const s = await setup(t);
   if (!s) return;
   await s.page.evaluate((url) => window.startClient({ url, channels: ["user:42"], transport: "sse" }), s.pnsd.pollUrl);
@@ -107,4 +108,5 @@ test("SSE: SIGTERM and restart: event: reset comes before the new run's messages
   assert.deepEqual(ns(got.messages), range(0, 10));
   assert.equal(got.resets.length, 1);
   assert.equal(got.resets[0].before, 5);
+  assert.ok(!got.errors.some((e) => e.code === "sse_refused"), "the messages came over SSE");
 });
