@@ -1,11 +1,13 @@
 // A tiny static file server for the webmail example (and the browser tests), Node only, no
-// dependencies. It serves files under one root directory, never outside it (no "..", no
-// symlinks out), GET and HEAD only, with no caching so an edited page is seen at once.
+// dependencies. It serves only files under the listed directories of one root, never outside
+// them (no "..", no symlinks out), GET and HEAD only, with no caching so an edited page is seen
+// at once.
 //
 //   node examples/webmail/serve.mjs [--port 8000] [--host 127.0.0.1]
 //
-// serves the repository root, so the page is http://HOST:PORT/examples/webmail/ and it loads
-// the client from /clients/js/pnsd.js.
+// serves examples/webmail/ and clients/js/ of the repository, so the page is
+// http://HOST:PORT/examples/webmail/ and it loads the client from /clients/js/pnsd.js. Nothing
+// else of the repository is served (a ./secret or ./pnsd.sock beside it stays private).
 import http from "node:http";
 import fs from "node:fs";
 import path from "node:path";
@@ -22,9 +24,17 @@ const TYPES = {
   ".md": "text/plain; charset=utf-8",
 };
 
-/** A request handler serving files under `root`; answers 404 for anything else. */
-export function staticHandler(root) {
+/** The directories of the repository the example needs. */
+export const EXAMPLE_DIRS = ["examples/webmail", "clients/js"];
+
+/**
+ * A request handler serving files under `dirs` (paths relative to `root`); answers 404 for
+ * anything else.
+ */
+export function staticHandler(root, dirs) {
   const base = fs.realpathSync(root);
+  const allowed = dirs.map((d) => fs.realpathSync(path.join(base, d)));
+  const inside = (real) => allowed.some((a) => real === a || real.startsWith(a + path.sep));
   return (req, res) => {
     if (req.method !== "GET" && req.method !== "HEAD") {
       res.writeHead(405, { Allow: "GET, HEAD" }).end();
@@ -39,7 +49,7 @@ export function staticHandler(root) {
     }
     let file = path.join(base, rel);
     fs.realpath(file, (err, real) => {
-      if (err || (real !== base && !real.startsWith(base + path.sep))) {
+      if (err || !inside(real)) {
         res.writeHead(404, { "Content-Type": "text/plain" }).end("not found\n");
         return;
       }
@@ -78,10 +88,10 @@ function main() {
     }
   }
   const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
-  const server = http.createServer(staticHandler(root));
+  const server = http.createServer(staticHandler(root, EXAMPLE_DIRS));
   server.listen(port, host, () => {
     const a = server.address();
-    console.log(`serving ${root} on http://${a.address}:${a.port}/ — open http://${a.address}:${a.port}/examples/webmail/`);
+    console.log(`serving ${EXAMPLE_DIRS.join(", ")} on http://${a.address}:${a.port}/ — open http://${a.address}:${a.port}/examples/webmail/`);
   });
 }
 

@@ -9,7 +9,7 @@ import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import { staticHandler } from "../../../examples/webmail/serve.mjs";
+import { staticHandler, EXAMPLE_DIRS } from "../../../examples/webmail/serve.mjs";
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../..");
 export const CHROMIUM = process.env.PNSD_CHROMIUM || "/usr/bin/chromium";
@@ -189,12 +189,12 @@ export async function connectPublisher(t, sockPath) {
 }
 
 /**
- * The static server: the repository's files (as examples/webmail/serve.mjs serves them), plus
+ * The static server: what examples/webmail/serve.mjs serves, and tests/browser/, plus
  * `routes` (path → handler) and, with `proxyPort()`, /pns/* forwarded to pnsd so the page is
  * same-origin with it. Every request is logged with its start time and, for /pns/, its status.
  */
 export async function startStatic(t, { routes = {}, proxyPort = null } = {}) {
-  const files = staticHandler(ROOT);
+  const files = staticHandler(ROOT, [...EXAMPLE_DIRS, "tests/browser"]);
   const log = [];
   const sockets = new Set();
   const server = http.createServer((req, res) => {
