@@ -38,7 +38,7 @@ use crate::hub::{Clock, Command, Hub};
 use crate::parked::Parked;
 use crate::pool::BufferPool;
 use crate::response;
-use crate::sockio::{self, Accepted};
+use crate::sockio::{self, Accepted, Lingering};
 use crate::wheel::{tick_up, HoldWheel, TICK_MS};
 
 /// A connection's context from the reactor's fields (a macro, so the other fields stay free
@@ -67,6 +67,12 @@ pub const ACCEPT_BATCH: usize = 256;
 pub const EXPIRE_SLICE: usize = 1024;
 /// Events taken from epoll per wake-up.
 const EVENTS: usize = 1024;
+/// Connections refused at `--max-connections` kept at once per reactor after their 503 (a
+/// connect flood past it closes the oldest at once: refusals never pin more descriptors).
+const REFUSED_KEPT: usize = 32;
+/// How long a refused connection is kept, its request read and dropped, so that closing it
+/// sends a FIN and not a reset that could cost the client its 503.
+const REFUSED_LINGER_MS: u64 = 200;
 /// Read buffers kept free in the pool: enough for a burst, bounded whatever the load was.
 const POOL_KEEP: usize = 64;
 /// The drain's deadline: the process must exit within 5 s of the signal.
@@ -101,6 +107,8 @@ pub struct Reactor {
     steps: Vec<(u32, Step)>,
     drain_until: Option<u64>,
     accept_backoff: AcceptBackoff,
+    /// Connections refused at `--max-connections`, kept a moment after their 503.
+    refused: Lingering<TcpStream>,
     /// The clock (ms) read once per loop turn.
     now: u64,
 }
@@ -151,6 +159,7 @@ impl Reactor {
             steps: Vec::new(),
             drain_until: None,
             accept_backoff: AcceptBackoff::default(),
+            refused: Lingering::new(REFUSED_KEPT, REFUSED_LINGER_MS),
             now,
         })
     }
@@ -195,7 +204,11 @@ impl Reactor {
         if !self.ready.is_empty() || self.expired_at < self.expired.len() {
             return Some(Duration::ZERO);
         }
-        if self.wheel.is_empty() && self.drain_until.is_none() && !self.accept_backoff.is_paused() {
+        if self.wheel.is_empty()
+            && self.drain_until.is_none()
+            && !self.accept_backoff.is_paused()
+            && self.refused.is_empty()
+        {
             return None;
         }
         let now = self.clock.now_ms();
@@ -322,8 +335,12 @@ impl Reactor {
             counters.connections.fetch_sub(1, Ordering::Relaxed);
             let cors = self.hub.config.cors_origin.as_deref();
             let bytes = response::error_bytes(&response::OVER_CAPACITY, true, cors);
-            // Best effort: a fresh socket's send buffer takes this small answer at once.
-            let _ = sockio::write_some(&mut sock, &bytes);
+            // Best effort: a fresh socket's send buffer takes this small answer at once. Then
+            // FIN, and its request is read and dropped for a moment instead of a reset.
+            if sockio::write_some(&mut sock, &bytes).is_ok() {
+                let _ = sock.shutdown(std::net::Shutdown::Write);
+                self.refused.push(sock, self.now);
+            }
             return;
         }
         let _ = sock.set_nodelay(true);
@@ -368,6 +385,7 @@ impl Reactor {
     /// Advances the wheel (once the previous expiries are done) and handles one slice of
     /// the due connections.
     fn tick(&mut self) {
+        self.refused.service(self.now);
         if self.accept_backoff.resume(self.now) {
             for i in 0..self.listeners.len() {
                 self.ready.push_back(Ready::Listener(i));

@@ -448,7 +448,10 @@ fn check_cors(r: &Response) {
         r.status,
         r.headers
     );
-    assert_eq!(r.header("access-control-expose-headers"), Some("ETag"));
+    assert_eq!(
+        r.header("access-control-expose-headers"),
+        Some("ETag, Retry-After")
+    );
     assert!(
         r.has_token("vary", "origin"),
         "Vary: Origin missing: {:?}",
@@ -758,6 +761,30 @@ fn over_max_connections_is_503_with_retry_after() {
     s.wait_stat("connections", 2);
     let mut fresh = s.http();
     assert_eq!(fresh.request("/pns/health").status, 200);
+}
+
+#[test]
+fn refused_clients_whose_request_is_already_sent_read_their_503() {
+    // A client over the limit that sent its request before the server took the connection:
+    // closing with that request unread would send a reset, and the client could lose the 503
+    // (a browser or proxy then reports a reset). The server shuts its side and reads first.
+    let s = Server::start(&["--threads", "1", "--max-connections", "1"]);
+    let mut held = s.http();
+    assert_eq!(held.request("/pns/health").status, 200);
+    s.wait_stat("connections", 1);
+    let mut over: Vec<HttpConn> = (0..20)
+        .map(|_| {
+            let mut c = s.http();
+            c.get("/pns/health");
+            c
+        })
+        .collect();
+    for c in &mut over {
+        let r = c.read_response();
+        check_error(&r, 503);
+        c.expect_closed();
+    }
+    assert_eq!(held.request("/pns/health").status, 200);
 }
 
 #[test]
