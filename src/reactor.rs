@@ -24,17 +24,19 @@ use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use log::warn;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
+use crate::access_log::Record;
 use crate::backoff::AcceptBackoff;
 use crate::conn::{Conn, Ctx, Next, Step};
 use crate::http::MAX_HEAD;
 use crate::hub::{Clock, Command, Hub};
+use crate::observer::Observer;
 use crate::parked::Parked;
 use crate::pool::BufferPool;
 use crate::response;
@@ -49,6 +51,7 @@ macro_rules! cx {
             hub: &$r.hub,
             pool: &mut $r.pool,
             now: $r.now,
+            observer: &mut $r.observer,
         }
     };
 }
@@ -101,6 +104,8 @@ pub struct Reactor {
     steps: Vec<(u32, Step)>,
     drain_until: Option<u64>,
     accept_backoff: AcceptBackoff,
+    /// Counts every response for `/metrics` and records it for the access log.
+    observer: Observer,
     /// The clock (ms) read once per loop turn.
     now: u64,
 }
@@ -133,6 +138,10 @@ impl Reactor {
         // touched only as connections arrive.
         let capacity = hub.max_connections.min(1 << 20);
         let index = index.min(hub.gauges.len().saturating_sub(1));
+        let log = match &hub.access_log {
+            Some(l) => Some(l.for_reactor()?),
+            None => None,
+        };
         Ok(Reactor {
             poll,
             listeners,
@@ -151,6 +160,7 @@ impl Reactor {
             steps: Vec::new(),
             drain_until: None,
             accept_backoff: AcceptBackoff::default(),
+            observer: Observer::new(index, log),
             now,
         })
     }
@@ -183,6 +193,9 @@ impl Reactor {
             self.commands();
             self.tick();
             self.serve_ready();
+            if let Some(log) = self.observer.log() {
+                log.end_turn();
+            }
             if let Some(until) = self.drain_until {
                 if self.conns.is_empty() || self.now >= until {
                     return;
@@ -215,10 +228,12 @@ impl Reactor {
     /// Carries out what a connection asked for.
     fn apply(&mut self, key: u32, step: Step) {
         if step.delivered > 0 {
-            self.hub
-                .counters
+            self.hub.gauges[self.index]
                 .delivered
                 .fetch_add(u64::from(step.delivered), Ordering::Relaxed);
+        }
+        if step.answered > 0 {
+            self.log_answers(key, step.answered);
         }
         if matches!(step.next, Next::Close) || !self.conns.contains(key as usize) {
             self.close(key);
@@ -233,10 +248,26 @@ impl Reactor {
             Next::Park(p) => {
                 if let Some(c) = self.conns.get_mut(key as usize) {
                     self.parked.park(key, c, &p.channels, &self.hub);
+                    if let Some(log) = self.observer.log() {
+                        log.parked(key, self.now, p.channels.len());
+                    }
                 }
             }
             Next::Answer => self.answer_parked(&[key], false),
         }
+    }
+
+    /// Writes the access log lines of the `n` responses connection `key` just started (its
+    /// peer read only now, and only with the log on).
+    fn log_answers(&mut self, key: u32, n: u32) {
+        let Some(log) = self.observer.log() else {
+            return;
+        };
+        let peer = self
+            .conns
+            .get(key as usize)
+            .and_then(|c| c.sock().peer_addr().ok());
+        log.take(key, n, peer, self.now);
     }
 
     /// Has `parked` answer the parked subscribers `keys` (hold or token over, or the drain's
@@ -307,9 +338,16 @@ impl Reactor {
             let Some(listener) = self.listeners.get(i) else {
                 return;
             };
+            let was_paused = self.accept_backoff.is_paused();
             match sockio::accept(listener, &mut self.accept_backoff, self.now, "HTTP") {
                 Accepted::Stream(sock) => self.admit(sock),
-                Accepted::Empty | Accepted::Paused => return,
+                Accepted::Empty => return,
+                Accepted::Paused => {
+                    if !was_paused {
+                        self.hub.gauges[self.index].tally.accept_paused();
+                    }
+                    return;
+                }
             }
         }
         self.ready.push_back(Ready::Listener(i));
@@ -324,6 +362,19 @@ impl Reactor {
             let bytes = response::error_bytes(&response::OVER_CAPACITY, true, cors);
             // Best effort: a fresh socket's send buffer takes this small answer at once.
             let _ = sockio::write_some(&mut sock, &bytes);
+            let tally = &self.hub.gauges[self.index].tally;
+            tally.refused();
+            tally.response(response::OVER_CAPACITY.status, None);
+            if let Some(log) = self.observer.log() {
+                let r = Record {
+                    status: response::OVER_CAPACITY.status,
+                    channels: 0,
+                    messages: 0,
+                    bytes: bytes.len() as u32,
+                    parked: false,
+                };
+                log.line(sock.peer_addr().ok(), &r, 0);
+            }
             return;
         }
         let _ = sock.set_nodelay(true);
@@ -392,16 +443,11 @@ impl Reactor {
         // Bounded by what was queued: the publish thread sends at most one command per batch.
         loop {
             match self.commands.try_recv() {
-                Ok(Command::Published { last_seq, channels }) => {
-                    let mut steps = std::mem::take(&mut self.steps);
-                    for ch in channels.iter() {
-                        let (mut cx, conns) = (cx!(self), &mut self.conns);
-                        self.parked
-                            .on_published(ch, last_seq, conns, &mut cx, &mut steps);
-                        self.apply_all(&mut steps);
-                    }
-                    self.steps = steps;
-                }
+                Ok(Command::Published {
+                    last_seq,
+                    channels,
+                    accepted,
+                }) => self.on_published(last_seq, &channels, accepted),
                 Ok(Command::WaitingChannels(reply)) => {
                     let _ = reply.send(self.parked.channel_names().map(Box::from).collect());
                 }
@@ -414,6 +460,25 @@ impl Reactor {
                     return;
                 }
             }
+        }
+    }
+
+    /// Wakes the polls parked on `channels`; if any was answered, observes the fan-out time
+    /// (accepted by `ingest` → the last answer handed to the kernel, see `metrics`).
+    fn on_published(&mut self, last_seq: u64, channels: &[Box<str>], accepted: Instant) {
+        let mut steps = std::mem::take(&mut self.steps);
+        let mut answered = false;
+        for ch in channels.iter() {
+            let (mut cx, conns) = (cx!(self), &mut self.conns);
+            self.parked
+                .on_published(ch, last_seq, conns, &mut cx, &mut steps);
+            answered |= !steps.is_empty();
+            self.apply_all(&mut steps);
+        }
+        self.steps = steps;
+        if answered {
+            let tally = &self.hub.gauges[self.index].tally;
+            tally.fanout(accepted.elapsed());
         }
     }
 

@@ -18,8 +18,12 @@
 //!   name ever published to; its `evicted_upto` folds into `forgotten_upto`, and a read of a
 //!   channel the store does not hold with a cursor below `forgotten_upto` is conservatively
 //!   told `reset` (it cannot be proven that nothing was missed). See README, "Deviations".
+//! - `messages` counts the messages held by at least one ring, each once: a message knows how
+//!   many rings still hold it (`rings`, changed only under the write lock), so the figure is
+//!   kept in O(1) per append or drop and read in O(1) (`stats`, `/metrics`).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
 
 use crate::cursor;
@@ -37,6 +41,8 @@ pub struct Message {
     head: Box<str>,
     /// `,"type":N,"data":DATA}` (type only when given)
     tail: Box<str>,
+    /// Rings still holding this message (see the module documentation).
+    rings: AtomicU16,
 }
 
 impl Message {
@@ -110,6 +116,8 @@ pub struct Store {
     channels: HashMap<Box<str>, ChannelBuffer>,
     forgotten_upto: u64,
     published: u64,
+    /// Messages held by at least one ring.
+    messages: usize,
 }
 
 impl Store {
@@ -123,6 +131,7 @@ impl Store {
             channels: HashMap::new(),
             forgotten_upto: 0,
             published: 0,
+            messages: 0,
         }
     }
 
@@ -165,7 +174,9 @@ impl Store {
             expires_ms: now_ms.saturating_add(self.ttl_ms),
             head: head.into_boxed_str(),
             tail: tail.into_boxed_str(),
+            rings: AtomicU16::new(0),
         });
+        self.messages += 1;
         for name in msg.channels.iter() {
             let buf = match self.channels.get_mut(&**name) {
                 Some(b) => b,
@@ -174,8 +185,10 @@ impl Store {
             if buf.ring.len() >= self.buffer {
                 if let Some(old) = buf.ring.pop_front() {
                     buf.evicted_upto = buf.evicted_upto.max(old.seq);
+                    self.messages -= left_last_ring(&old);
                 }
             }
+            msg.rings.fetch_add(1, Ordering::Relaxed);
             buf.ring.push_back(msg.clone());
         }
         msg
@@ -184,13 +197,18 @@ impl Store {
     /// Drops expired messages and channels left empty (see the module documentation).
     pub fn expire(&mut self, now_ms: u64) {
         let mut forgotten = self.forgotten_upto;
+        let mut gone = 0;
         self.channels.retain(|_, buf| {
             let n = buf.expired_prefix(now_ms);
             if n > 0 {
                 if let Some(last) = buf.ring.get(n - 1) {
                     buf.evicted_upto = buf.evicted_upto.max(last.seq);
                 }
-                buf.ring.drain(..n);
+                gone += buf
+                    .ring
+                    .drain(..n)
+                    .map(|m| left_last_ring(&m))
+                    .sum::<usize>();
             }
             if buf.ring.is_empty() {
                 forgotten = forgotten.max(buf.evicted_upto);
@@ -200,6 +218,7 @@ impl Store {
             }
         });
         self.forgotten_upto = forgotten;
+        self.messages -= gone;
     }
 
     /// The messages after seq `after` on `channels` (no repeats), oldest first, at most `limit`;
@@ -252,22 +271,23 @@ impl Store {
         self.channels.keys().map(|k| &**k)
     }
 
-    /// Figures for the stats line; walks every ring (stats are rare).
+    /// Figures for the stats line and `/metrics`, in O(1).
     pub fn stats(&self) -> StoreStats {
-        let mut seen = HashSet::new();
-        let mut messages = 0;
-        for buf in self.channels.values() {
-            for m in &buf.ring {
-                if m.channels.len() == 1 || seen.insert(m.seq) {
-                    messages += 1;
-                }
-            }
-        }
         StoreStats {
             published: self.published,
-            messages,
+            messages: self.messages,
         }
     }
+
+    /// Channels holding at least one message, in O(1).
+    pub fn channel_count(&self) -> usize {
+        self.channels.len()
+    }
+}
+
+/// A ring dropped `m`: 1 when no ring holds it any more (it leaves the `messages` count).
+fn left_last_ring(m: &Message) -> usize {
+    usize::from(m.rings.fetch_sub(1, Ordering::Relaxed) == 1)
 }
 
 #[cfg(test)]
@@ -433,5 +453,36 @@ mod tests {
             assert_eq!(seqs(&got), want, "sub {sub:?} after {after}");
             assert_eq!(got.reset, reset, "sub {sub:?} after {after}");
         }
+    }
+
+    /// The O(1) `messages` count against a walk of every ring (the slow reference).
+    #[test]
+    fn message_count_matches_a_walk_through_evictions_and_expiry() {
+        fn walk(s: &Store) -> usize {
+            let mut seen = std::collections::HashSet::new();
+            s.channels
+                .values()
+                .flat_map(|b| b.ring.iter())
+                .filter(|m| seen.insert(m.seq))
+                .count()
+        }
+        let mut s = Store::new(7, 3, 100);
+        let mut rng = crate::xorshift::XorShift::new(9);
+        for t in 0..2_000u64 {
+            let mut names: Vec<&str> = ["a", "b", "c", "d"]
+                .into_iter()
+                .filter(|_| rng.chance(0.5))
+                .collect();
+            if names.is_empty() {
+                names.push("a");
+            }
+            s.publish(chans(&names), None, "1", t);
+            if t % 37 == 0 {
+                s.expire(t);
+            }
+            assert_eq!(s.stats().messages, walk(&s), "at {t}");
+        }
+        s.expire(10_000);
+        assert_eq!((s.stats().messages, s.channel_count()), (0, 0));
     }
 }
