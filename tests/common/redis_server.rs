@@ -38,17 +38,23 @@ pub fn program_on_path(name: &str) -> Option<PathBuf> {
 /// True when `redis-server` can be run; otherwise one loud line (or a panic under
 /// `PNSD_REQUIRE_ALL=1`) naming `test`.
 pub fn redis_available(test: &str) -> bool {
-    if program_on_path("redis-server").is_some() {
+    program_available(test, "redis-server", INSTALL_HINT)
+}
+
+/// True when `program` is on PATH; otherwise one loud line saying `test` was skipped and how
+/// to install it (`hint`), or a panic under `PNSD_REQUIRE_ALL=1`.
+pub fn program_available(test: &str, program: &str, hint: &str) -> bool {
+    if program_on_path(program).is_some() {
         return true;
     }
     if std::env::var("PNSD_REQUIRE_ALL").is_ok_and(|v| v == "1") {
-        panic!("{test}: redis-server not found on PATH and PNSD_REQUIRE_ALL=1 ({INSTALL_HINT})");
+        panic!("{test}: {program} not found on PATH and PNSD_REQUIRE_ALL=1 ({hint})");
     }
     // Straight to the process's stderr: `eprintln!` would be captured and hidden by the test
     // harness for a passing test.
     let _ = writeln!(
         std::io::stderr(),
-        "!!!!! SKIPPED {test}: redis-server not found on PATH; install it with `{INSTALL_HINT}` !!!!!"
+        "!!!!! SKIPPED {test}: {program} not found on PATH; install it with `{hint}` !!!!!"
     );
     false
 }
