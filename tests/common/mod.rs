@@ -28,6 +28,7 @@ use serde_json::Value;
 /// A private `redis-server` per test (fleet mode), skipped loudly when it is not installed.
 pub mod redis_server;
 
+#[allow(unused_imports)] // not every test binary checks for an outside program
 pub use redis_server::program_available;
 
 /// The binary under test, built by cargo for this test run.
