@@ -17,9 +17,11 @@
 //! - A reactor writes its buffer with one `write(2)` per loop turn (or when it passes
 //!   `FLUSH_AT`), whole lines only, to its own descriptor of the same open file (appending):
 //!   lines of two reactors never interleave within a line.
-//! - The peer address is read (`getpeername`) only when the log is on, when the line is
-//!   written; the connection's entry holds nothing for the log. A parked poll's start and
-//!   channel count are kept here, by slab key, only when the log is on.
+//! - The peer address is read (`getpeername`) only when the log is on, once per connection
+//!   (at its first line, then kept here by slab key until the reactor `forget`s the key at
+//!   close); the connection's entry holds nothing for the log. A parked poll's start and
+//!   channel count are kept here too. That side table (`slots`, ~48 bytes per slab key up to
+//!   the highest used) exists only when the log is on.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -56,7 +58,7 @@ impl AccessLog {
             buf: Vec::with_capacity(FLUSH_AT + 512),
             records: Vec::new(),
             taken: 0,
-            parks: Vec::new(),
+            slots: Vec::new(),
             date: DateCache::default(),
         })
     }
@@ -73,10 +75,14 @@ pub struct Record {
     pub parked: bool,
 }
 
+/// What the log keeps of one slab key.
 #[derive(Debug, Clone, Copy, Default)]
-struct Park {
+struct Slot {
+    /// When its poll parked, on how many channels.
     since_ms: u64,
     channels: u8,
+    /// The connection's peer, once read.
+    peer: Option<SocketAddr>,
 }
 
 /// One reactor's side of the log; see the module documentation.
@@ -87,8 +93,8 @@ pub struct ReactorLog {
     /// Records not yet written; `taken` of them already were.
     records: Vec<Record>,
     taken: usize,
-    /// By slab key: when the connection's poll parked, on how many channels.
-    parks: Vec<Park>,
+    /// By slab key; see `Slot`.
+    slots: Vec<Slot>,
     date: DateCache,
 }
 
@@ -98,21 +104,43 @@ impl ReactorLog {
         self.records.push(r);
     }
 
-    /// Connection `key` parked a poll on `channels` channels at `now_ms`.
-    pub fn parked(&mut self, key: u32, now_ms: u64, channels: usize) {
+    fn slot(&mut self, key: u32) -> &mut Slot {
         let i = key as usize;
-        if self.parks.len() <= i {
+        if self.slots.len() <= i {
             // Grows with the highest slab key seen, once; reused afterwards.
-            self.parks.resize(i + 1, Park::default());
+            self.slots.resize(i + 1, Slot::default());
         }
-        self.parks[i] = Park {
-            since_ms: now_ms,
-            channels: u8::try_from(channels).unwrap_or(u8::MAX),
-        };
+        &mut self.slots[i]
     }
 
-    /// Writes the next `n` records as connection `key`'s, from `peer`, at `now_ms`.
-    pub fn take(&mut self, key: u32, n: u32, peer: Option<SocketAddr>, now_ms: u64) {
+    /// Connection `key` parked a poll on `channels` channels at `now_ms`.
+    pub fn parked(&mut self, key: u32, now_ms: u64, channels: usize) {
+        let slot = self.slot(key);
+        slot.since_ms = now_ms;
+        slot.channels = u8::try_from(channels).unwrap_or(u8::MAX);
+    }
+
+    /// Connection `key` is closed: its slot may be another connection's next.
+    pub fn forget(&mut self, key: u32) {
+        if let Some(slot) = self.slots.get_mut(key as usize) {
+            *slot = Slot::default();
+        }
+    }
+
+    /// Writes the next `n` records as connection `key`'s at `now_ms`; its peer is read with
+    /// `peer` the first time only.
+    pub fn take(
+        &mut self,
+        key: u32,
+        n: u32,
+        peer: impl FnOnce() -> Option<SocketAddr>,
+        now_ms: u64,
+    ) {
+        let slot = self.slot(key);
+        if slot.peer.is_none() {
+            slot.peer = peer();
+        }
+        let slot = *slot;
         for _ in 0..n {
             let Some(mut r) = self.records.get(self.taken).copied() else {
                 break;
@@ -120,12 +148,10 @@ impl ReactorLog {
             self.taken += 1;
             let mut held = 0;
             if r.parked {
-                if let Some(p) = self.parks.get(key as usize) {
-                    held = now_ms.saturating_sub(p.since_ms);
-                    r.channels = p.channels;
-                }
+                held = now_ms.saturating_sub(slot.since_ms);
+                r.channels = slot.channels;
             }
-            self.line(peer, &r, held);
+            self.line(slot.peer, &r, held);
         }
         if self.taken == self.records.len() {
             self.records.clear();
@@ -138,16 +164,35 @@ impl ReactorLog {
         let b = &mut self.buf;
         b.extend_from_slice(b"time=");
         self.date.write_now(b);
-        // Writing into a Vec cannot fail.
-        let _ = match peer {
-            Some(p) => write!(b, " peer={p}"),
-            None => b.write_all(b" peer=-"),
-        };
-        let _ = writeln!(
-            b,
-            " status={} channels={} messages={} held_ms={} bytes={}",
-            r.status, r.channels, r.messages, held_ms, r.bytes
-        );
+        b.extend_from_slice(b" peer=");
+        match peer {
+            Some(SocketAddr::V4(a)) => {
+                for (i, o) in a.ip().octets().iter().enumerate() {
+                    if i > 0 {
+                        b.push(b'.');
+                    }
+                    put_u64(b, u64::from(*o));
+                }
+                b.push(b':');
+                put_u64(b, u64::from(a.port()));
+            }
+            // Writing into a Vec cannot fail.
+            Some(p) => {
+                let _ = write!(b, "{p}");
+            }
+            None => b.push(b'-'),
+        }
+        for (key, v) in [
+            (&b" status="[..], u64::from(r.status)),
+            (b" channels=", u64::from(r.channels)),
+            (b" messages=", u64::from(r.messages)),
+            (b" held_ms=", held_ms),
+            (b" bytes=", u64::from(r.bytes)),
+        ] {
+            b.extend_from_slice(key);
+            put_u64(b, v);
+        }
+        b.push(b'\n');
         if b.len() >= FLUSH_AT {
             self.flush();
         }
@@ -156,10 +201,12 @@ impl ReactorLog {
     /// The end of a loop turn: records nobody took (none, unless a step was lost) are written
     /// without a peer, and the buffer goes out in one write.
     pub fn end_turn(&mut self) {
-        if self.taken < self.records.len() {
-            let n = (self.records.len() - self.taken) as u32;
-            self.take(u32::MAX, n, None, 0);
+        while let Some(r) = self.records.get(self.taken).copied() {
+            self.taken += 1;
+            self.line(None, &r, 0);
         }
+        self.records.clear();
+        self.taken = 0;
         self.flush();
     }
 
@@ -171,6 +218,21 @@ impl ReactorLog {
         let _ = self.out.write_all(&self.buf);
         self.buf.clear();
     }
+}
+
+/// Appends `v` in decimal (without `fmt`'s machinery: this runs per line).
+fn put_u64(out: &mut Vec<u8>, mut v: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
 }
 
 /// The time as RFC 3339 with milliseconds, the date and time of day formatted once a second.
@@ -195,7 +257,14 @@ impl DateCache {
             self.text = civil(secs);
         }
         out.extend_from_slice(&self.text);
-        let _ = write!(out, ".{ms:03}Z");
+        let ms = ms.min(999);
+        out.extend_from_slice(&[
+            b'.',
+            b'0' + (ms / 100) as u8,
+            b'0' + (ms / 10 % 10) as u8,
+            b'0' + (ms % 10) as u8,
+            b'Z',
+        ]);
     }
 }
 
@@ -274,8 +343,8 @@ mod tests {
         log.record(rec(200, true));
         log.record(rec(404, false));
         let peer: SocketAddr = "10.0.0.1:4000".parse().unwrap();
-        log.take(5, 1, Some(peer), 1_250);
-        log.take(9, 1, None, 1_250);
+        log.take(5, 1, || Some(peer), 1_250);
+        log.take(9, 1, || None, 1_250);
         assert_eq!(
             std::fs::read_to_string(&path).unwrap(),
             "",
@@ -299,24 +368,25 @@ mod tests {
             lines[1]
         );
         // Steady state: the vectors are reused, not regrown.
-        let caps = (
-            log.buf.capacity(),
-            log.records.capacity(),
-            log.parks.capacity(),
-        );
+        let caps = |l: &ReactorLog| (l.buf.capacity(), l.records.capacity(), l.slots.capacity());
+        let before = caps(&log);
         for _ in 0..1000 {
             log.record(rec(200, true));
-            log.take(5, 1, Some(peer), 2_000);
+            log.take(5, 1, || panic!("the peer is read once"), 2_000);
             log.end_turn();
         }
-        assert_eq!(
-            caps,
-            (
-                log.buf.capacity(),
-                log.records.capacity(),
-                log.parks.capacity()
-            )
-        );
+        assert_eq!(before, caps(&log));
+        // A closed connection's key starts over: the next connection's peer is read again.
+        log.forget(5);
+        let other: SocketAddr = "[::1]:7".parse().unwrap();
+        log.record(rec(401, false));
+        log.take(5, 1, || Some(other), 2_000);
+        log.record(rec(200, false));
+        log.end_turn();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let last: Vec<&str> = text.lines().rev().take(2).collect();
+        assert!(last[1].contains(" peer=[::1]:7 status=401 "), "{}", last[1]);
+        assert!(last[0].contains(" peer=- status=200 "), "{}", last[0]);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -263,10 +263,8 @@ impl Reactor {
         let Some(log) = self.observer.log() else {
             return;
         };
-        let peer = self
-            .conns
-            .get(key as usize)
-            .and_then(|c| c.sock().peer_addr().ok());
+        let conn = self.conns.get(key as usize);
+        let peer = || conn.and_then(|c| c.sock().peer_addr().ok());
         log.take(key, n, peer, self.now);
     }
 
@@ -403,6 +401,9 @@ impl Reactor {
         };
         self.parked.unlink(c, &self.hub);
         self.wheel.cancel(&mut self.conns, key);
+        if let Some(log) = self.observer.log() {
+            log.forget(key);
+        }
         let mut c = self.conns.remove(key as usize);
         let _ = self.poll.registry().deregister(c.sock_mut());
         self.hub
