@@ -13,6 +13,9 @@
 //!   read while parked (a pipelined request waits in the kernel or in `pending.input`), but a
 //!   hang-up is noticed through RDHUP.
 //!
+//! Every response starts in `respond`, which reports it to `cx.observer` (metrics, access log)
+//! and counts it in `Step::answered`.
+//!
 //! Output that could not be written at once is in `pending.out`; while it is there no further
 //! request is taken (one response in flight per connection bounds its memory) and the write
 //! deadline (`--write-timeout`, 30 s) runs instead of the phase's.

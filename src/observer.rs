@@ -1,6 +1,8 @@
-//! What a reactor learns of every response it starts: one call, `Observer::response`, made by
-//! the connection where every response passes (`conn`'s `respond`), counts it in the reactor's
-//! metrics tally and, when the access log is on, records it for the log.
+//! What a reactor reports about its work, in one place: every response it starts
+//! (`Observer::response`, called by the connection where every response passes, `conn`'s
+//! `respond`) is counted in the reactor's metrics tally and, when the access log is on,
+//! recorded for the log; the reactor reports the rest (delivered answers, refusals, accept
+//! pauses, fan-out times, parks, closes, the end of each loop turn) through the other methods.
 //!
 //! Invariants: the metrics side is O(1) relaxed atomics on this reactor's own tally (the
 //! answer's `summary` reads a bounded number of its bytes); the log side is taken only with
@@ -8,10 +10,15 @@
 //! are taken by the reactor in the order they were made, `Step::answered` at a time per
 //! connection (see `reactor`).
 
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
 use crate::access_log::{ReactorLog, Record};
 use crate::answer::Answer;
 use crate::hub::Hub;
-use crate::metrics::Outcome;
+use crate::metrics::{Outcome, ReactorTally};
+use crate::response::OVER_CAPACITY;
 use crate::sockio::Segments;
 
 /// What the connection knows of a response beyond its bytes.
@@ -85,8 +92,81 @@ impl Observer {
         }
     }
 
-    /// The access log, when it is on.
-    pub fn log(&mut self) -> Option<&mut ReactorLog> {
-        self.log.as_mut()
+    fn tally<'h>(&self, hub: &'h Hub) -> Option<&'h ReactorTally> {
+        hub.gauges.get(self.reactor).map(|g| &g.tally)
+    }
+
+    /// `n` answers carrying messages were handed to the kernel.
+    pub fn delivered(&self, hub: &Hub, n: u32) {
+        if let Some(g) = hub.gauges.get(self.reactor) {
+            g.delivered.fetch_add(u64::from(n), Ordering::Relaxed);
+        }
+    }
+
+    /// A connection from `peer` was answered 503 (`bytes` long) and closed at the limit.
+    pub fn refused(&mut self, hub: &Hub, peer: Option<SocketAddr>, bytes: usize) {
+        if let Some(t) = self.tally(hub) {
+            t.refused();
+            t.response(OVER_CAPACITY.status, None);
+        }
+        if let Some(log) = &mut self.log {
+            let r = Record {
+                status: OVER_CAPACITY.status,
+                channels: 0,
+                messages: 0,
+                bytes: u32::try_from(bytes).unwrap_or(u32::MAX),
+                parked: false,
+            };
+            log.line(peer, &r, 0);
+        }
+    }
+
+    /// Accepting paused for want of descriptors.
+    pub fn accept_paused(&self, hub: &Hub) {
+        if let Some(t) = self.tally(hub) {
+            t.accept_paused();
+        }
+    }
+
+    /// One publish wake-up answered its last subscriber on this reactor after `d`.
+    pub fn fanout(&self, hub: &Hub, d: Duration) {
+        if let Some(t) = self.tally(hub) {
+            t.fanout(d);
+        }
+    }
+
+    /// Connection `key` just started `n` responses (see `Step::answered`); `peer` reads its
+    /// address, called only with the log on and once per connection.
+    pub fn answered_by(
+        &mut self,
+        key: u32,
+        n: u32,
+        peer: impl FnOnce() -> Option<SocketAddr>,
+        now_ms: u64,
+    ) {
+        if let Some(log) = &mut self.log {
+            log.take(key, n, peer, now_ms);
+        }
+    }
+
+    /// Connection `key` parked a poll on `channels` channels.
+    pub fn parked(&mut self, key: u32, now_ms: u64, channels: usize) {
+        if let Some(log) = &mut self.log {
+            log.parked(key, now_ms, channels);
+        }
+    }
+
+    /// Connection `key` is closed.
+    pub fn forget(&mut self, key: u32) {
+        if let Some(log) = &mut self.log {
+            log.forget(key);
+        }
+    }
+
+    /// The end of a loop turn: the log's buffer goes out.
+    pub fn end_turn(&mut self) {
+        if let Some(log) = &mut self.log {
+            log.end_turn();
+        }
     }
 }

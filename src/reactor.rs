@@ -18,6 +18,11 @@
 //!   wake-up or an accept is never held behind it. A backlog expiry whose connection was
 //!   re-armed (or replaced: a new connection is armed at once) since is skipped.
 //! - This reactor's `connections` gauge moves with the slab; `parked` owns the other gauges.
+//! - Everything `/metrics` and the access log learn goes through `observer`: relaxed counters
+//!   on this reactor's own gauges, and (with `--access-log`) records taken `Step::answered` at
+//!   a time in `apply`, before a close can forget the connection; the log's buffer is written
+//!   once at the end of each loop turn. A publish wake-up that answered someone records its
+//!   fan-out time (`Command::Published::accepted` to the end of the wake-up).
 
 use std::collections::VecDeque;
 use std::io;
@@ -31,7 +36,6 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
-use crate::access_log::Record;
 use crate::backoff::AcceptBackoff;
 use crate::conn::{Conn, Ctx, Next, Step};
 use crate::http::MAX_HEAD;
@@ -193,9 +197,7 @@ impl Reactor {
             self.commands();
             self.tick();
             self.serve_ready();
-            if let Some(log) = self.observer.log() {
-                log.end_turn();
-            }
+            self.observer.end_turn();
             if let Some(until) = self.drain_until {
                 if self.conns.is_empty() || self.now >= until {
                     return;
@@ -228,12 +230,13 @@ impl Reactor {
     /// Carries out what a connection asked for.
     fn apply(&mut self, key: u32, step: Step) {
         if step.delivered > 0 {
-            self.hub.gauges[self.index]
-                .delivered
-                .fetch_add(u64::from(step.delivered), Ordering::Relaxed);
+            self.observer.delivered(&self.hub, step.delivered);
         }
         if step.answered > 0 {
-            self.log_answers(key, step.answered);
+            let conn = self.conns.get(key as usize);
+            let peer = || conn.and_then(|c| c.sock().peer_addr().ok());
+            self.observer
+                .answered_by(key, step.answered, peer, self.now);
         }
         if matches!(step.next, Next::Close) || !self.conns.contains(key as usize) {
             self.close(key);
@@ -248,24 +251,11 @@ impl Reactor {
             Next::Park(p) => {
                 if let Some(c) = self.conns.get_mut(key as usize) {
                     self.parked.park(key, c, &p.channels, &self.hub);
-                    if let Some(log) = self.observer.log() {
-                        log.parked(key, self.now, p.channels.len());
-                    }
+                    self.observer.parked(key, self.now, p.channels.len());
                 }
             }
             Next::Answer => self.answer_parked(&[key], false),
         }
-    }
-
-    /// Writes the access log lines of the `n` responses connection `key` just started (its
-    /// peer read only now, and only with the log on).
-    fn log_answers(&mut self, key: u32, n: u32) {
-        let Some(log) = self.observer.log() else {
-            return;
-        };
-        let conn = self.conns.get(key as usize);
-        let peer = || conn.and_then(|c| c.sock().peer_addr().ok());
-        log.take(key, n, peer, self.now);
     }
 
     /// Has `parked` answer the parked subscribers `keys` (hold or token over, or the drain's
@@ -342,7 +332,7 @@ impl Reactor {
                 Accepted::Empty => return,
                 Accepted::Paused => {
                     if !was_paused {
-                        self.hub.gauges[self.index].tally.accept_paused();
+                        self.observer.accept_paused(&self.hub);
                     }
                     return;
                 }
@@ -360,19 +350,8 @@ impl Reactor {
             let bytes = response::error_bytes(&response::OVER_CAPACITY, true, cors);
             // Best effort: a fresh socket's send buffer takes this small answer at once.
             let _ = sockio::write_some(&mut sock, &bytes);
-            let tally = &self.hub.gauges[self.index].tally;
-            tally.refused();
-            tally.response(response::OVER_CAPACITY.status, None);
-            if let Some(log) = self.observer.log() {
-                let r = Record {
-                    status: response::OVER_CAPACITY.status,
-                    channels: 0,
-                    messages: 0,
-                    bytes: bytes.len() as u32,
-                    parked: false,
-                };
-                log.line(sock.peer_addr().ok(), &r, 0);
-            }
+            self.observer
+                .refused(&self.hub, sock.peer_addr().ok(), bytes.len());
             return;
         }
         let _ = sock.set_nodelay(true);
@@ -401,9 +380,7 @@ impl Reactor {
         };
         self.parked.unlink(c, &self.hub);
         self.wheel.cancel(&mut self.conns, key);
-        if let Some(log) = self.observer.log() {
-            log.forget(key);
-        }
+        self.observer.forget(key);
         let mut c = self.conns.remove(key as usize);
         let _ = self.poll.registry().deregister(c.sock_mut());
         self.hub
@@ -478,8 +455,7 @@ impl Reactor {
         }
         self.steps = steps;
         if answered {
-            let tally = &self.hub.gauges[self.index].tally;
-            tally.fanout(accepted.elapsed());
+            self.observer.fanout(&self.hub, accepted.elapsed());
         }
     }
 
