@@ -300,36 +300,38 @@ impl Collector for Snapshot {
             )?;
         }
         let p = &self.process;
-        if let Some(v) = p.resident_bytes {
-            put(
+        let process = [
+            (
                 "process_resident_memory_bytes",
                 "Resident memory size in bytes.",
-                Gauge(v),
-            )?;
-        }
-        if let Some(v) = p.virtual_bytes {
-            put(
+                p.resident_bytes.map(Gauge),
+            ),
+            (
                 "process_virtual_memory_bytes",
                 "Virtual memory size in bytes.",
-                Gauge(v),
-            )?;
-        }
-        if let Some(v) = p.open_fds {
-            put("process_open_fds", "Open file descriptors.", Gauge(v))?;
-        }
-        if let Some(v) = p.max_fds {
-            put(
+                p.virtual_bytes.map(Gauge),
+            ),
+            (
+                "process_open_fds",
+                "Open file descriptors.",
+                p.open_fds.map(Gauge),
+            ),
+            (
                 "process_max_fds",
                 "Maximum open file descriptors.",
-                Gauge(v),
-            )?;
-        }
-        if let Some(v) = p.cpu_seconds {
-            put(
+                p.max_fds.map(Gauge),
+            ),
+            (
                 "process_cpu_seconds",
                 "User and system CPU time spent in seconds.",
-                CounterF(v),
-            )?;
+                p.cpu_seconds.map(CounterF),
+            ),
+        ];
+        // A figure /proc could not give is left out, not reported as 0.
+        for (name, help, v) in process {
+            if let Some(v) = v {
+                put(name, help, v)?;
+            }
         }
         Ok(())
     }
