@@ -258,3 +258,31 @@ fn the_access_log_has_a_line_per_answer_and_none_for_a_waiting_poll() {
         "{l}"
     );
 }
+
+/// Scrapers that connect and never send hold at most `MAX_SCRAPERS` (8) slots: one more is
+/// closed at once, and the HTTP side and publishing go on regardless.
+#[test]
+fn silent_scrapers_are_bounded_and_hold_nothing_else_up() {
+    use std::io::Read;
+    let server = Server::start(&["--metrics-listen", "127.0.0.1:0"]);
+    let addr = server.metrics.expect("metrics address");
+    let silent: Vec<std::net::TcpStream> = (0..8)
+        .map(|_| std::net::TcpStream::connect(addr).expect("connect"))
+        .collect();
+    // The ninth: closed by the server without an answer.
+    let mut ninth = std::net::TcpStream::connect(addr).expect("connect");
+    ninth.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    let mut buf = [0u8; 64];
+    let n = ninth.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "the ninth scraper got bytes");
+    // Meanwhile polls and publishes are served.
+    let cursor = server.cursor_now("s");
+    let mut poll = server.http();
+    poll.get(&poll_target(&["s"], Some(&cursor), Some(30)));
+    server.wait_parked(1);
+    server.publish("s", "1");
+    assert_eq!(check_poll(&poll.read_response()).c, 1);
+    drop(silent);
+    // With the silent ones gone, scrapes are served again.
+    server.wait_metric("pnsd_published_total", 1.0);
+}
