@@ -18,13 +18,18 @@
 //!   wake-up or an accept is never held behind it. A backlog expiry whose connection was
 //!   re-armed (or replaced: a new connection is armed at once) since is skipped.
 //! - This reactor's `connections` gauge moves with the slab; `parked` owns the other gauges.
+//! - Everything `/metrics` and the access log learn goes through `observer`: relaxed counters
+//!   on this reactor's own gauges, and (with `--access-log`) records taken `Step::answered` at
+//!   a time in `apply`, before a close can forget the connection; the log's buffer is written
+//!   once at the end of each loop turn. A publish wake-up that answered someone records its
+//!   fan-out time (`Command::Published::accepted` to the end of the wake-up).
 
 use std::collections::VecDeque;
 use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use log::warn;
 use mio::net::{TcpListener, TcpStream};
@@ -35,6 +40,7 @@ use crate::backoff::AcceptBackoff;
 use crate::conn::{Conn, Ctx, Next, Step};
 use crate::http::MAX_HEAD;
 use crate::hub::{Clock, Command, Hub};
+use crate::observer::Observer;
 use crate::parked::Parked;
 use crate::pool::BufferPool;
 use crate::response;
@@ -49,6 +55,7 @@ macro_rules! cx {
             hub: &$r.hub,
             pool: &mut $r.pool,
             now: $r.now,
+            observer: &mut $r.observer,
         }
     };
 }
@@ -109,6 +116,8 @@ pub struct Reactor {
     accept_backoff: AcceptBackoff,
     /// Connections refused at `--max-connections`, kept a moment after their 503.
     refused: Lingering<TcpStream>,
+    /// Counts every response for `/metrics` and records it for the access log.
+    observer: Observer,
     /// The clock (ms) read once per loop turn.
     now: u64,
 }
@@ -141,6 +150,10 @@ impl Reactor {
         // touched only as connections arrive.
         let capacity = hub.max_connections.min(1 << 20);
         let index = index.min(hub.gauges.len().saturating_sub(1));
+        let log = match &hub.access_log {
+            Some(l) => Some(l.for_reactor()?),
+            None => None,
+        };
         Ok(Reactor {
             poll,
             listeners,
@@ -160,6 +173,7 @@ impl Reactor {
             drain_until: None,
             accept_backoff: AcceptBackoff::default(),
             refused: Lingering::new(REFUSED_KEPT, REFUSED_LINGER_MS),
+            observer: Observer::new(index, log),
             now,
         })
     }
@@ -192,6 +206,7 @@ impl Reactor {
             self.commands();
             self.tick();
             self.serve_ready();
+            self.observer.end_turn();
             if let Some(until) = self.drain_until {
                 if self.conns.is_empty() || self.now >= until {
                     return;
@@ -228,10 +243,13 @@ impl Reactor {
     /// Carries out what a connection asked for.
     fn apply(&mut self, key: u32, step: Step) {
         if step.delivered > 0 {
-            self.hub
-                .counters
-                .delivered
-                .fetch_add(u64::from(step.delivered), Ordering::Relaxed);
+            self.observer.delivered(&self.hub, step.delivered);
+        }
+        if step.answered > 0 {
+            let conn = self.conns.get(key as usize);
+            let peer = || conn.and_then(|c| c.sock().peer_addr().ok());
+            self.observer
+                .answered_by(key, step.answered, peer, self.now);
         }
         if matches!(step.next, Next::Close) || !self.conns.contains(key as usize) {
             self.close(key);
@@ -246,6 +264,7 @@ impl Reactor {
             Next::Park(p) => {
                 if let Some(c) = self.conns.get_mut(key as usize) {
                     self.parked.park(key, c, &p.channels, &self.hub);
+                    self.observer.parked(key, self.now, p.channels.len());
                 }
             }
             Next::Answer => self.answer_parked(&[key], false),
@@ -320,9 +339,16 @@ impl Reactor {
             let Some(listener) = self.listeners.get(i) else {
                 return;
             };
+            let was_paused = self.accept_backoff.is_paused();
             match sockio::accept(listener, &mut self.accept_backoff, self.now, "HTTP") {
                 Accepted::Stream(sock) => self.admit(sock),
-                Accepted::Empty | Accepted::Paused => return,
+                Accepted::Empty => return,
+                Accepted::Paused => {
+                    if !was_paused {
+                        self.observer.accept_paused(&self.hub);
+                    }
+                    return;
+                }
             }
         }
         self.ready.push_back(Ready::Listener(i));
@@ -337,6 +363,8 @@ impl Reactor {
             let bytes = response::error_bytes(&response::OVER_CAPACITY, true, cors);
             // Best effort: a fresh socket's send buffer takes this small answer at once. Then
             // FIN, and its request is read and dropped for a moment instead of a reset.
+            self.observer
+                .refused(&self.hub, sock.peer_addr().ok(), bytes.len());
             if sockio::write_some(&mut sock, &bytes).is_ok() {
                 let _ = sock.shutdown(std::net::Shutdown::Write);
                 self.refused.push(sock, self.now);
@@ -369,6 +397,7 @@ impl Reactor {
         };
         self.parked.unlink(c, &self.hub);
         self.wheel.cancel(&mut self.conns, key);
+        self.observer.forget(key);
         let mut c = self.conns.remove(key as usize);
         let _ = self.poll.registry().deregister(c.sock_mut());
         self.hub
@@ -410,16 +439,11 @@ impl Reactor {
         // Bounded by what was queued: the publish thread sends at most one command per batch.
         loop {
             match self.commands.try_recv() {
-                Ok(Command::Published { last_seq, channels }) => {
-                    let mut steps = std::mem::take(&mut self.steps);
-                    for ch in channels.iter() {
-                        let (mut cx, conns) = (cx!(self), &mut self.conns);
-                        self.parked
-                            .on_published(ch, last_seq, conns, &mut cx, &mut steps);
-                        self.apply_all(&mut steps);
-                    }
-                    self.steps = steps;
-                }
+                Ok(Command::Published {
+                    last_seq,
+                    channels,
+                    accepted,
+                }) => self.on_published(last_seq, &channels, accepted),
                 Ok(Command::WaitingChannels(reply)) => {
                     let _ = reply.send(self.parked.channel_names().map(Box::from).collect());
                 }
@@ -432,6 +456,24 @@ impl Reactor {
                     return;
                 }
             }
+        }
+    }
+
+    /// Wakes the polls parked on `channels`; if any was answered, observes the fan-out time
+    /// (accepted by `ingest` → the last answer handed to the kernel, see `metrics`).
+    fn on_published(&mut self, last_seq: u64, channels: &[Box<str>], accepted: Instant) {
+        let mut steps = std::mem::take(&mut self.steps);
+        let mut answered = false;
+        for ch in channels.iter() {
+            let (mut cx, conns) = (cx!(self), &mut self.conns);
+            self.parked
+                .on_published(ch, last_seq, conns, &mut cx, &mut steps);
+            answered |= !steps.is_empty();
+            self.apply_all(&mut steps);
+        }
+        self.steps = steps;
+        if answered {
+            self.observer.fanout(&self.hub, accepted.elapsed());
         }
     }
 

@@ -420,8 +420,10 @@ mod tests {
         l.push(FakeSock::default(), 10);
         assert_eq!(l.len(), 2);
         // A third one closes the oldest at once.
-        let mut c = FakeSock::default();
-        c.eof = true;
+        let c = FakeSock {
+            eof: true,
+            ..FakeSock::default()
+        };
         l.push(c, 20);
         // `c` reached end of stream: closed; the second waits for its deadline.
         assert_eq!(l.len(), 1);
