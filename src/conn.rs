@@ -116,8 +116,8 @@ pub struct Step {
     pub next: Next,
     /// Re-arm the connection's timer at this tick.
     pub timer: Option<u32>,
-    /// Answers with at least one message that were handed to the socket (the `delivered`
-    /// counter; counted here, where every answer passes).
+    /// Answers with at least one message this step started (already added to the `delivered`
+    /// counter by `respond`, where every answer passes; kept for the step's callers and tests).
     pub delivered: u32,
     /// Responses started by this step, each reported to `cx.observer` in order (the access
     /// log takes this many of its records for this connection).
@@ -292,7 +292,7 @@ impl<S: Transport> Conn<S> {
             Phase::Head => {
                 let mut step = Step::new(Next::Wait);
                 let err = self.error(&response::REQUEST_TIMEOUT, cx);
-                self.respond(err, true, Served::OTHER, cx, &mut step);
+                self.respond(err, false, true, Served::OTHER, cx, &mut step);
                 step
             }
         }
@@ -309,7 +309,7 @@ impl<S: Transport> Conn<S> {
             Phase::Head if self.has_input() => {
                 let mut step = Step::new(Next::Wait);
                 let err = self.error(&response::DRAINING, cx);
-                self.respond(err, true, Served::OTHER, cx, &mut step);
+                self.respond(err, false, true, Served::OTHER, cx, &mut step);
                 step
             }
             _ => Step::new(Next::Close),
@@ -326,9 +326,8 @@ impl<S: Transport> Conn<S> {
         self.phase = Phase::Idle;
         self.waits = waiters::NIL;
         self.set(TOKEN_TIMER, false);
-        step.delivered = u32::from(delivered);
         let close = self.has(CLOSE_AFTER);
-        if self.respond(out, close, Served::PARKED, cx, &mut step)
+        if self.respond(out, delivered, close, Served::PARKED, cx, &mut step)
             && (self.has(READABLE) || self.has_input())
         {
             // A pipelined request waits behind the answer: serve it after this turn.
@@ -345,9 +344,13 @@ impl<S: Transport> Conn<S> {
 
     /// Starts sending a response; false (and `step.next = Close`) if the connection is to be
     /// closed now.
+    /// Starts writing `out`; `delivered` when it carries messages. Every response of the
+    /// connection passes here, so this is the one place `delivered` is counted — before the
+    /// write, so a client that reads the answer and then asks for the stats finds it counted.
     fn respond(
         &mut self,
         out: Out,
+        delivered: bool,
         close: bool,
         served: Served,
         cx: &mut Ctx<'_>,
@@ -355,6 +358,10 @@ impl<S: Transport> Conn<S> {
     ) -> bool {
         if close {
             self.set(CLOSE_AFTER, true);
+        }
+        if delivered {
+            step.delivered += 1;
+            cx.observer.delivered(cx.hub, 1);
         }
         cx.observer.response(cx.hub, out.answer(), served);
         step.answered += 1;
@@ -551,10 +558,9 @@ impl<S: Transport> Conn<S> {
                             delivered,
                             channels,
                         } => {
-                            step.delivered += u32::from(delivered);
                             let (out, close) = (Out::Own(bytes), close || close_anyway);
                             let served = Served::at_once(channels);
-                            if !self.respond(out, close, served, cx, &mut step) {
+                            if !self.respond(out, delivered, close, served, cx, &mut step) {
                                 break Next::Close;
                             }
                         }
@@ -574,7 +580,7 @@ impl<S: Transport> Conn<S> {
                                         cx.cors(),
                                     )));
                                     let served = Served::at_once(p.channels.len() as u8);
-                                    if !self.respond(err, p.close, served, cx, &mut step) {
+                                    if !self.respond(err, false, p.close, served, cx, &mut step) {
                                         break Next::Close;
                                     }
                                 }
@@ -590,7 +596,7 @@ impl<S: Transport> Conn<S> {
                         http::HeadError::Malformed => response::BAD_REQUEST,
                     };
                     let err = self.error(&err, cx);
-                    if !self.respond(err, true, Served::OTHER, cx, &mut step) {
+                    if !self.respond(err, false, true, Served::OTHER, cx, &mut step) {
                         break Next::Close;
                     }
                     continue;

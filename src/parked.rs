@@ -15,7 +15,7 @@
 //!   encoding (`Arc<Answer>`); multi-channel subscribers get their own.
 //! - No message is delivered on an expired token: a subscriber whose token deadline is due gets
 //!   401 `token_expired` instead, whichever path reaches it first (its timer or a wake-up).
-//! - `delivered` is counted by the subscriber's `answer` (see `conn::Step::delivered`), the one
+//! - `delivered` is counted by the subscriber's `answer` (`conn::Conn::respond`), the one
 //!   function every answer passes.
 //!
 //! A subscriber is anything that implements [`Subscriber`]: today an HTTP long-poll

@@ -242,9 +242,6 @@ impl Reactor {
 
     /// Carries out what a connection asked for.
     fn apply(&mut self, key: u32, step: Step) {
-        if step.delivered > 0 {
-            self.observer.delivered(&self.hub, step.delivered);
-        }
         if step.answered > 0 {
             let conn = self.conns.get(key as usize);
             let peer = || conn.and_then(|c| c.sock().peer_addr().ok());

@@ -273,10 +273,18 @@ impl Server {
     }
 
     /// Waits (bounded) until the series `series` of a scrape equals `want`; returns the scrape.
+    /// A scrape the server refuses (it holds its most scrapers and has not yet seen one leave)
+    /// counts as "not yet".
     pub fn wait_metric(&self, series: &str, want: f64) -> String {
+        let addr = self.metrics.expect("started with --metrics-listen");
+        let request = "GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
         let deadline = Instant::now() + DEADLINE;
         loop {
-            let text = self.scrape();
+            let text = match try_http_once(addr, request) {
+                Ok((200, body)) => body,
+                Ok((status, body)) => panic!("scrape answered {status}: {body}"),
+                Err(e) => format!("(refused: {e})"),
+            };
             if metric_value(&text, series) == Some(want) {
                 return text;
             }
@@ -464,6 +472,21 @@ pub fn http_get_once(addr: SocketAddr, target: &str) -> (u16, String) {
     )
 }
 
+/// `http_once` that reports a refused or cut connection instead of panicking.
+pub fn try_http_once(addr: SocketAddr, request: &str) -> Result<(u16, String), String> {
+    let mut s = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(DEADLINE))
+        .map_err(|e| e.to_string())?;
+    s.write_all(request.as_bytes())
+        .map_err(|e| format!("send: {e}"))?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).map_err(|e| format!("read: {e}"))?;
+    if raw.is_empty() {
+        return Err("closed without an answer".into());
+    }
+    Ok(http_once_answer(raw))
+}
+
 /// Sends `request` on a fresh connection and reads the answer to EOF: (status, body).
 pub fn http_once(addr: SocketAddr, request: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).expect("connect");
@@ -471,6 +494,11 @@ pub fn http_once(addr: SocketAddr, request: &str) -> (u16, String) {
     s.write_all(request.as_bytes()).expect("send");
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).expect("read to EOF");
+    http_once_answer(raw)
+}
+
+/// (status, body) of a whole answer read to EOF.
+fn http_once_answer(raw: Vec<u8>) -> (u16, String) {
     let text = String::from_utf8(raw).expect("utf-8 answer");
     let (head, body) = text
         .split_once("\r\n\r\n")
