@@ -115,8 +115,7 @@ pub fn encode<S: AsRef<str>>(
     close: bool,
     cors: Option<&str>,
 ) -> Answer {
-    let last = found.messages.last().map_or(found.last_seq, |m| m.seq);
-    let tag = cursor::encode(epoch, last);
+    let tag = cursor::encode(epoch, found.end_seq());
     let mut prefix = Vec::with_capacity(24);
     prefix.extend_from_slice(b"{\"c\":");
     prefix.extend_from_slice(found.messages.len().to_string().as_bytes());

@@ -140,8 +140,9 @@ impl Ctx<'_> {
         tick_up(self.now.saturating_add(secs.saturating_mul(1000)))
     }
 
+    /// CORS for an answer with no parsed request (a bad head, a timeout): `*` only.
     fn cors(&self) -> Option<&str> {
-        self.hub.config.cors_origin.as_deref()
+        self.hub.config.cors.without_request()
     }
 }
 
@@ -157,6 +158,8 @@ pub struct Conn<S> {
     pending: Option<Box<Pending>>,
     phase: Phase,
     flags: u8,
+    /// The parked request's CORS match (`config::Cors::matching`).
+    cors: u8,
 }
 
 impl<S: Transport> Conn<S> {
@@ -170,6 +173,7 @@ impl<S: Transport> Conn<S> {
             pending: None,
             phase: Phase::Head,
             flags: 0,
+            cors: 0,
         };
         let mut step = Step::new(Next::Wait);
         step.timer = Some(cx.after_secs(cx.hub.config.head_timeout_secs));
@@ -199,6 +203,11 @@ impl<S: Transport> Conn<S> {
     /// The parked poll's cursor seq.
     pub fn after(&self) -> u64 {
         self.after
+    }
+
+    /// The parked request's CORS match.
+    pub fn cors(&self) -> u8 {
+        self.cors
     }
 
     /// The first waiter node of the parked poll.
@@ -407,6 +416,7 @@ impl<S: Transport> Conn<S> {
         }
         self.phase = Phase::Parked;
         self.after = p.after;
+        self.cors = p.cors;
         self.set(CLOSE_AFTER, p.close);
         self.set(TOKEN_TIMER, token_timer);
         Ok(timer)
@@ -544,7 +554,7 @@ impl<S: Transport> Conn<S> {
                                     let err = Out::Own(Answer::Flat(response::error_bytes(
                                         &poll::token_expired(),
                                         p.close,
-                                        cx.cors(),
+                                        cx.hub.config.cors.header(p.cors),
                                     )));
                                     if !self.respond(err, p.close, cx, &mut step) {
                                         break Next::Close;

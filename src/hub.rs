@@ -1,4 +1,4 @@
-//! State shared by every thread of one server run: the channel store, the counters of the
+//! State shared by every thread of one server run: the channel store, the session table, the counters of the
 //! stats line, each reactor's gauges, the clock, the token secret, and the way to reach each
 //! reactor.
 //!
@@ -14,6 +14,7 @@ use std::sync::{mpsc, Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Instant;
 
 use crate::config::Config;
+use crate::session::Sessions;
 use crate::stats::WaitingReply;
 use crate::store::Store;
 use crate::token::Secret;
@@ -69,6 +70,9 @@ pub struct Counters {
     pub connections: AtomicUsize,
     pub parked: AtomicUsize,
     pub delivered: AtomicU64,
+    /// Requests whose `Origin` is not in the `--cors-origin` list (answered without CORS
+    /// headers, so the browser reports the CORS error); for the metrics.
+    pub cors_mismatches: AtomicU64,
 }
 
 /// One reactor's gauges, kept by that reactor, read by any thread without asking it.
@@ -95,6 +99,9 @@ pub enum Command {
     WaitingChannels(WaitingReply),
     /// Start the drain of section 6.
     Drain,
+    /// Session `sid` ended: answer its parked polls 401 `session_ended` (they also wait on
+    /// the reserved channel `session::wait_name(sid)`).
+    SessionEnded(Arc<str>),
 }
 
 /// How to reach one reactor.
@@ -132,6 +139,8 @@ pub struct Hub {
     /// One entry per reactor (`config.threads`), by reactor index.
     pub gauges: Box<[ReactorGauges]>,
     pub draining: AtomicBool,
+    /// The registered sessions (`--max-sessions`).
+    pub sessions: Sessions,
     store: RwLock<Store>,
 }
 
@@ -145,7 +154,9 @@ impl Hub {
         let gauges = (0..config.threads.max(1))
             .map(|_| ReactorGauges::default())
             .collect();
+        let sessions_max = config.max_sessions;
         Hub {
+            sessions: Sessions::new(sessions_max),
             config,
             max_connections,
             secret,

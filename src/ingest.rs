@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use crate::cursor;
 use crate::hub::{Command, Hub, ReactorLink};
+use crate::session::SessionError;
 use crate::store::{Message, Store};
 
 /// Appends per lock hold and per wake-up of the reactors: a burst of small publishes is
@@ -102,11 +103,39 @@ impl Ingest {
         self.batch().publish(p)
     }
 
-    /// Drops expired messages and channels left empty: the one call of the store's sweep.
+    /// Drops expired messages and channels left empty: the one call of the store's sweep; and
+    /// reclaims one slice of expired sessions.
     pub fn sweep(&self) {
-        let mut store = self.hub.write();
         let now = self.hub.clock.now_ms();
-        store.expire(now);
+        self.hub.write().expire(now);
+        self.hub.sessions.sweep(now);
+    }
+
+    /// Registers (or replaces) session `sid`; a new one starts at the newest seq, so nothing
+    /// published after this call is lost to it. The caller holds no store lock.
+    pub fn register_session(
+        &self,
+        sid: &str,
+        channels: Box<[Box<str>]>,
+        ttl_secs: u64,
+    ) -> Result<(), SessionError> {
+        let newest = self.hub.read().last_seq();
+        let now = self.hub.clock.now_ms();
+        self.hub
+            .sessions
+            .register(sid, channels.into(), ttl_secs, newest, now)
+    }
+
+    /// Ends session `sid` and tells every reactor, which answers its parked polls 401
+    /// `session_ended` (also when it had expired: its polls may still be parked). False when
+    /// no live session had that sid.
+    pub fn end_session(&self, sid: &str) -> bool {
+        let known = self.hub.sessions.end(sid, self.hub.clock.now_ms());
+        let sid: Arc<str> = Arc::from(sid);
+        for r in self.reactors.iter() {
+            r.send(Command::SessionEnded(sid.clone()));
+        }
+        known
     }
 }
 

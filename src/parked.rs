@@ -33,6 +33,7 @@ use crate::conn::{Conn, Ctx, Out, Step, Transport};
 use crate::hub::Hub;
 use crate::poll::{self, MAX_PER_ANSWER};
 use crate::response;
+use crate::session;
 use crate::waiters::{self, Waiters};
 
 /// A parked subscriber, as `Parked` sees it.
@@ -47,6 +48,8 @@ pub trait Subscriber {
     fn closes_after(&self) -> bool;
     /// Its token has expired at `now` (ms).
     fn token_expired(&self, now: u64) -> bool;
+    /// Its request's CORS match (`config::Cors::matching`).
+    fn cors(&self) -> u8;
     /// Takes its answer (already unlinked); returns what the reactor does next.
     fn answer(&mut self, out: Out, delivered: bool, cx: &mut Ctx<'_>) -> Step;
 }
@@ -70,6 +73,9 @@ impl<S: Transport> Subscriber for Conn<S> {
     fn token_expired(&self, now: u64) -> bool {
         Conn::token_expired(self, now)
     }
+    fn cors(&self) -> u8 {
+        Conn::cors(self)
+    }
     fn answer(&mut self, out: Out, delivered: bool, cx: &mut Ctx<'_>) -> Step {
         Conn::answer(self, out, delivered, cx)
     }
@@ -88,11 +94,16 @@ enum Why<'a> {
     HoldOver,
     /// The drain: c = 0 at its own cursor, never advancing it past anything not given.
     Drain,
+    /// Its session was ended: 401 `session_ended`.
+    SessionEnded,
 }
 
-/// One shared encoding per (channel, cursor, close) and whether it carries messages;
-/// `None` caches "nothing for this cursor yet".
-type Shared = HashMap<(Option<Arc<str>>, u64, bool), Option<(Arc<Answer>, bool)>>;
+/// A built answer: the bytes, whether it carries messages, the seq it ends at.
+type Built = (Arc<Answer>, bool, u64);
+
+/// One shared encoding per (channel, cursor, close, CORS match); `None` caches "nothing for
+/// this cursor yet".
+type Shared = HashMap<(Option<Arc<str>>, u64, bool, u8), Option<Built>>;
 
 /// See the module documentation.
 pub struct Parked {
@@ -202,6 +213,22 @@ impl Parked {
         self.answer_all(keys, Why::HoldOver, subs, cx, steps);
     }
 
+    /// Session `sid` ended: its parked polls (waiting on its reserved channel) get 401
+    /// `session_ended`.
+    pub fn on_session_ended<C: Subscriber>(
+        &mut self,
+        sid: &str,
+        subs: &mut Slab<C>,
+        cx: &mut Ctx<'_>,
+        steps: &mut Vec<(u32, Step)>,
+    ) {
+        let mut keys = std::mem::take(&mut self.keys);
+        keys.clear();
+        self.waiters.waiting_on(&session::wait_name(sid), &mut keys);
+        self.answer_all(&keys, Why::SessionEnded, subs, cx, steps);
+        self.keys = keys;
+    }
+
     /// The drain's answers: c = 0 at each subscriber's own cursor.
     pub fn on_drain<C: Subscriber>(
         &mut self,
@@ -247,44 +274,63 @@ impl Parked {
     }
 
     /// The one function that builds a parked subscriber's answer (see the module
-    /// documentation); `None` when a publish left nothing for it.
+    /// documentation); `None` when a publish left nothing for it. A session poll's answer
+    /// moves the session's position to where the answer ends.
     fn build<C: Subscriber>(&mut self, sub: &C, why: Why<'_>, cx: &Ctx<'_>) -> Option<(Out, bool)> {
-        let cors = cx.hub.config.cors_origin.as_deref();
+        let cors = sub.cors();
+        let cors_value = cx.hub.config.cors.header(cors);
         let after = sub.after();
         let close = sub.closes_after();
-        if sub.token_expired(cx.now) && !matches!(why, Why::Drain) {
-            let bytes = response::error_bytes(&poll::token_expired(), close, cors);
-            return Some((Out::Own(Answer::Flat(bytes)), false));
+        let error = |e: &response::ApiError| {
+            let bytes = response::error_bytes(e, close, cors_value);
+            Some((Out::Own(Answer::Flat(bytes)), false))
+        };
+        if matches!(why, Why::SessionEnded) {
+            return error(&response::SESSION_ENDED);
         }
-        let (single, several) = match why {
+        if sub.token_expired(cx.now) && !matches!(why, Why::Drain) {
+            return error(&poll::token_expired());
+        }
+        let (mut channels, session) = match why {
             Why::Published { last_seq, .. } if after >= last_seq => return None,
             Why::Published { channel, .. } if self.waiters.is_single(sub.waits()) => {
-                (Some(channel.clone()), Vec::new())
+                (vec![channel.clone()], None)
             }
-            Why::Drain => (None, Vec::new()),
             _ => {
                 let mut v = self.waiters.channels_of(sub.waits());
-                if v.len() == 1 {
-                    (v.pop(), v)
-                } else {
-                    (None, v)
-                }
+                // A session poll waits on its reserved channel last (see `session`).
+                let session = match v.last() {
+                    Some(last) if session::sid_of(last).is_some() => v.pop(),
+                    _ => None,
+                };
+                (v, session)
             }
         };
-        if !several.is_empty() {
-            return self
-                .read(&several, after, close, why, cx)
-                .map(|(a, d)| (Out::Own(a), d));
+        if matches!(why, Why::Drain) {
+            channels.clear();
         }
-        let key = (single, after, close);
-        if let Some(hit) = self.shared.get(&key) {
-            return hit.clone().map(|(a, d)| (Out::Shared(a), d));
+        let (out, delivered, end) = if channels.len() > 1 {
+            let (a, d, e) = self.read(&channels, after, close, cors_value, why, cx)?;
+            (Out::Own(a), d, e)
+        } else {
+            let key = (channels.pop(), after, close, cors);
+            let made = match self.shared.get(&key) {
+                Some(hit) => hit.clone(),
+                None => {
+                    let made = self
+                        .read(key.0.as_slice(), after, close, cors_value, why, cx)
+                        .map(|(a, d, e)| (Arc::new(a), d, e));
+                    self.shared.insert(key, made.clone());
+                    made
+                }
+            };
+            let (a, d, e) = made?;
+            (Out::Shared(a), d, e)
+        };
+        if let Some(sid) = session.as_deref().and_then(session::sid_of) {
+            cx.hub.sessions.advance(sid, end, cx.now);
         }
-        let made = self
-            .read(key.0.as_slice(), after, close, why, cx)
-            .map(|(a, d)| (Arc::new(a), d));
-        self.shared.insert(key, made.clone());
-        made.map(|(a, d)| (Out::Shared(a), d))
+        Some((out, delivered))
     }
 
     /// Reads the store for `channels` after `after` and encodes the answer (the drain's is
@@ -294,12 +340,16 @@ impl Parked {
         channels: &[Arc<str>],
         after: u64,
         close: bool,
+        cors: Option<&str>,
         why: Why<'_>,
         cx: &Ctx<'_>,
-    ) -> Option<(Answer, bool)> {
-        let cors = cx.hub.config.cors_origin.as_deref();
+    ) -> Option<(Answer, bool, u64)> {
         if matches!(why, Why::Drain) {
-            return Some((poll::empty_answer(self.epoch, after, close, cors), false));
+            return Some((
+                poll::empty_answer(self.epoch, after, close, cors),
+                false,
+                after,
+            ));
         }
         let found = cx.hub.read().read(channels, after, cx.now, MAX_PER_ANSWER);
         if found.messages.is_empty() && !found.reset && matches!(why, Why::Published { .. }) {
@@ -309,6 +359,7 @@ impl Parked {
         Some((
             answer::encode(&found, channels, self.epoch, close, cors),
             delivered,
+            found.end_seq(),
         ))
     }
 }
@@ -348,6 +399,9 @@ mod tests {
         }
         fn token_expired(&self, _now: u64) -> bool {
             self.expired
+        }
+        fn cors(&self) -> u8 {
+            0
         }
         fn answer(&mut self, out: Out, delivered: bool, _cx: &mut Ctx<'_>) -> Step {
             self.answers.push((out, delivered));

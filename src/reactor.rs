@@ -320,7 +320,7 @@ impl Reactor {
         let held = counters.connections.fetch_add(1, Ordering::Relaxed);
         if held >= self.hub.max_connections {
             counters.connections.fetch_sub(1, Ordering::Relaxed);
-            let cors = self.hub.config.cors_origin.as_deref();
+            let cors = self.hub.config.cors.without_request();
             let bytes = response::error_bytes(&response::OVER_CAPACITY, true, cors);
             // Best effort: a fresh socket's send buffer takes this small answer at once.
             let _ = sockio::write_some(&mut sock, &bytes);
@@ -404,6 +404,14 @@ impl Reactor {
                 }
                 Ok(Command::WaitingChannels(reply)) => {
                     let _ = reply.send(self.parked.channel_names().map(Box::from).collect());
+                }
+                Ok(Command::SessionEnded(sid)) => {
+                    let mut steps = std::mem::take(&mut self.steps);
+                    let (mut cx, conns) = (cx!(self), &mut self.conns);
+                    self.parked
+                        .on_session_ended(&sid, conns, &mut cx, &mut steps);
+                    self.apply_all(&mut steps);
+                    self.steps = steps;
                 }
                 Ok(Command::Drain) => self.drain(),
                 Err(TryRecvError::Empty) => return,

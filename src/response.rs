@@ -64,6 +64,16 @@ pub const NOT_BEARER: ApiError = ApiError::new(
     "token_malformed",
     "the Authorization header must use the Bearer scheme",
 );
+pub const SESSION_UNKNOWN: ApiError = ApiError::new(
+    401,
+    "session_unknown",
+    "no such session: it was never registered, has expired or has ended",
+);
+pub const SESSION_ENDED: ApiError = ApiError::new(
+    401,
+    "session_ended",
+    "the session was ended by the application",
+);
 pub const FORBIDDEN_CHANNEL: ApiError = ApiError::new(
     403,
     "channel_forbidden",
@@ -166,7 +176,7 @@ pub fn write_head(out: &mut Vec<u8>, status: u16, extra: &Extra<'_>, body_len: u
         );
         if extra.preflight {
             out.extend_from_slice(
-                b"Access-Control-Allow-Methods: GET, OPTIONS\r\nAccess-Control-Allow-Headers: Authorization, If-None-Match\r\nAccess-Control-Max-Age: 600\r\n",
+                b"Access-Control-Allow-Methods: GET, OPTIONS\r\nAccess-Control-Allow-Headers: Authorization, If-None-Match, Last-Event-ID\r\nAccess-Control-Max-Age: 600\r\n",
             );
         }
     }

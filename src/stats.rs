@@ -21,6 +21,7 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use crate::hub::{Command, Hub, ReactorLink};
+use crate::session;
 
 /// How long a stats request waits for the reactors' replies; a reactor stuck longer than
 /// this is rare and only makes `channels` undercount its waiters for that one answer.
@@ -35,6 +36,8 @@ pub struct Figures {
     pub messages: usize,
     pub published: u64,
     pub delivered: u64,
+    /// Registered sessions (not yet reclaimed).
+    pub sessions: usize,
 }
 
 impl Figures {
@@ -42,13 +45,14 @@ impl Figures {
     pub fn write_line(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(
             format!(
-                "{{\"ok\":true,\"connections\":{},\"parked\":{},\"channels\":{},\"messages\":{},\"published\":{},\"delivered\":{}}}\n",
+                "{{\"ok\":true,\"connections\":{},\"parked\":{},\"channels\":{},\"messages\":{},\"published\":{},\"delivered\":{},\"sessions\":{}}}\n",
                 self.connections,
                 self.parked,
                 self.channels,
                 self.messages,
                 self.published,
                 self.delivered,
+                self.sessions,
             )
             .as_bytes(),
         );
@@ -210,10 +214,13 @@ fn figures(hub: &Hub, counted: &Counted, waiting: &HashSet<Box<str>>) -> Figures
     let st = hub.read();
     let holding_only = st.channel_names().filter(|n| !waiting.contains(*n)).count();
     let s = st.stats();
+    // A session's reserved wait channel is not a channel of the contract.
+    let public = waiting.iter().filter(|n| session::sid_of(n).is_none());
     Figures {
         connections: counted.connections,
         parked: counted.parked,
-        channels: waiting.len() + holding_only,
+        channels: public.count() + holding_only,
+        sessions: hub.sessions.len(),
         messages: s.messages,
         published: s.published,
         delivered: counted.delivered,
@@ -257,11 +264,12 @@ mod tests {
             messages: 4,
             published: 5,
             delivered: 6,
+            sessions: 7,
         }
         .write_line(&mut out);
         assert_eq!(
             out,
-            b"{\"ok\":true,\"connections\":1,\"parked\":2,\"channels\":3,\"messages\":4,\"published\":5,\"delivered\":6}\n"
+            b"{\"ok\":true,\"connections\":1,\"parked\":2,\"channels\":3,\"messages\":4,\"published\":5,\"delivered\":6,\"sessions\":7}\n"
         );
     }
 
