@@ -159,6 +159,20 @@ impl Server {
         }
     }
 
+    /// A server started with `--secret-file` holding `file_bytes` (and `extra` options);
+    /// returns the secret file's path too.
+    pub fn start_with_secret(file_bytes: &[u8], extra: &[&str]) -> (Server, PathBuf) {
+        let dir = TempDir::new();
+        let secret = dir.join("secret");
+        std::fs::write(&secret, file_bytes).expect("write secret file");
+        let socket = dir.join("pnsd.sock");
+        let secret_arg = secret.to_str().expect("utf-8 temp path").to_string();
+        let mut args = vec!["--secret-file", secret_arg.as_str()];
+        args.extend_from_slice(extra);
+        let server = Server::start_in(dir, socket, &[], &args);
+        (server, secret)
+    }
+
     /// A new keep-alive HTTP connection to the first address.
     pub fn http(&self) -> HttpConn {
         HttpConn::connect(self.addr)
@@ -1076,6 +1090,18 @@ impl Publisher {
         let v = self.request(r#"{"op":"stats"}"#);
         assert_eq!(v["ok"], Value::Bool(true), "stats answer: {v}");
         v
+    }
+
+    /// Registers session `sid` on `channels` for `ttl` seconds; returns the answer line.
+    pub fn session(&mut self, sid: &str, channels: &[&str], ttl: u64) -> Value {
+        let line = serde_json::json!({"op": "session", "sid": sid, "channels": channels, "ttl": ttl});
+        self.request(&line.to_string())
+    }
+
+    /// Ends session `sid`; returns the answer line.
+    pub fn end_session(&mut self, sid: &str) -> Value {
+        let line = serde_json::json!({"op": "end_session", "sid": sid});
+        self.request(&line.to_string())
     }
 
     /// Waits (bounded by [`DEADLINE`]) until the stats field `key` equals `want`, sampling over
