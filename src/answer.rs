@@ -16,6 +16,7 @@ use std::sync::Arc;
 use crate::cursor;
 use crate::response::{self, Extra};
 use crate::sockio::{self, Segments};
+use crate::sse::EventBatch;
 use crate::store::{Found, Message};
 
 /// Bodies up to this size are copied into one buffer, so the common answer of a few small
@@ -29,6 +30,8 @@ pub const FLAT_MAX: usize = 2048;
 pub enum Answer {
     Flat(Vec<u8>),
     Refs(RefAnswer),
+    /// Server-Sent Events by reference (see `sse`).
+    Events(EventBatch),
 }
 
 /// An answer written from the messages' stored encodings.
@@ -80,6 +83,7 @@ impl Answer {
         match self {
             Answer::Flat(v) => std::mem::size_of::<Answer>() + v.capacity(),
             Answer::Refs(r) => r.owned_bytes(),
+            Answer::Events(e) => e.owned_bytes(),
         }
     }
 }
@@ -89,6 +93,7 @@ impl Segments for Answer {
         match self {
             Answer::Flat(v) => v.len(),
             Answer::Refs(r) => r.len,
+            Answer::Events(e) => e.total_len(),
         }
     }
 
@@ -96,13 +101,14 @@ impl Segments for Answer {
         match self {
             Answer::Flat(v) => v[..].slices_from(pos, out),
             Answer::Refs(r) => sockio::slices_of(r.parts(), pos, out),
+            Answer::Events(e) => e.slices_from(pos, out),
         }
     }
 
     fn contiguous(&self) -> Option<&[u8]> {
         match self {
             Answer::Flat(v) => Some(v),
-            Answer::Refs(_) => None,
+            Answer::Refs(_) | Answer::Events(_) => None,
         }
     }
 }

@@ -95,6 +95,14 @@ const SERVE_USAGE: Usage = Usage {
             "allow browser pages of ORIGIN (repeatable; * for any) [none]",
         ),
         (
+            "--sse-heartbeat SECS",
+            "a comment line keeps an idle event stream open every [30]",
+        ),
+        (
+            "--sse-max SECS",
+            "an event stream ends (the browser reconnects) after [300]",
+        ),
+        (
             "--max-sessions N",
             "sessions held at once; a registration beyond is refused [1000000]",
         ),
@@ -295,6 +303,10 @@ fn parse_serve(p: &mut lexopt::Parser) -> Result<Cmd, String> {
                     }
                 };
             }
+            Long("sse-heartbeat") => {
+                c.sse_heartbeat_secs = num("--sse-heartbeat", p.value().map_err(err)?)?
+            }
+            Long("sse-max") => c.sse_max_secs = num("--sse-max", p.value().map_err(err)?)?,
             Long("max-sessions") => {
                 c.max_sessions = num("--max-sessions", p.value().map_err(err)?)?
             }
@@ -320,6 +332,8 @@ fn parse_serve(p: &mut lexopt::Parser) -> Result<Cmd, String> {
         ("--head-timeout", c.head_timeout_secs),
         ("--idle-timeout", c.idle_timeout_secs),
         ("--write-timeout", c.write_timeout_secs),
+        ("--sse-heartbeat", c.sse_heartbeat_secs),
+        ("--sse-max", c.sse_max_secs),
     ] {
         if secs == 0 || secs > MAX_TIMEOUT_SECS {
             return Err(format!(

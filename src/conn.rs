@@ -13,6 +13,10 @@
 //!   read while parked (a pipelined request waits in the kernel or in `pending.input`), but a
 //!   hang-up is noticed through RDHUP.
 //!
+//! A Server-Sent Events stream (`conn_stream`) is `Parked` for its whole life, with the
+//! `STREAM` flag: after each write it waits again at its new cursor; its one timer is the
+//! next heartbeat (or the stream's end) instead of a hold.
+//!
 //! Output that could not be written at once is in `pending.out`; while it is there no further
 //! request is taken (one response in flight per connection bounds its memory) and the write
 //! deadline (`--write-timeout`, 30 s) runs instead of the phase's.
@@ -48,10 +52,11 @@ pub const MAX_REQUESTS_PER_TURN: usize = 32;
 const MAX_SKIP: u64 = 1 << 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
 enum Phase {
-    Head,
-    Idle,
-    Parked,
+    Head = 0,
+    Idle = 1,
+    Parked = 2,
 }
 
 /// Close once the response in flight is written.
@@ -62,6 +67,11 @@ const READABLE: u8 = 2;
 const READ_CLOSED: u8 = 4;
 /// Parked, and the armed timer is the token's expiry (not the hold's end).
 const TOKEN_TIMER: u8 = 8;
+/// The connection is a Server-Sent Events stream (parked between writes, never idle).
+const STREAM: u8 = 16;
+/// The phase's two bits in `flags`: `Phase as u8` shifted by `PHASE_SHIFT`.
+const PHASE_SHIFT: u8 = 5;
+const PHASE_BITS: u8 = 3 << PHASE_SHIFT;
 
 /// Response bytes: owned by one connection, or one encoding shared by every subscriber that
 /// gets the same answer.
@@ -102,6 +112,9 @@ pub enum Next {
     Park(Park),
     /// A parked poll must be answered now (hold or token over, drain): `parked` builds it.
     Answer,
+    /// A stream is parked again after a write: `parked` sends what the store holds after its
+    /// cursor, if anything (publishes that came while it was writing).
+    CatchUp,
     /// Close the connection (and forget it everywhere).
     Close,
 }
@@ -156,10 +169,12 @@ pub struct Conn<S> {
     /// The parked poll's cursor seq.
     after: u64,
     pending: Option<Box<Pending>>,
-    phase: Phase,
+    /// Flag bits, and the phase in `PHASE_BITS` (one byte for both keeps the entry small).
     flags: u8,
     /// The parked request's CORS match (`config::Cors::matching`).
     cors: u8,
+    /// A stream's heartbeats left before it ends (see `conn_stream`).
+    beats: u16,
 }
 
 impl<S: Transport> Conn<S> {
@@ -171,9 +186,9 @@ impl<S: Transport> Conn<S> {
             waits: waiters::NIL,
             after: 0,
             pending: None,
-            phase: Phase::Head,
             flags: 0,
             cors: 0,
+            beats: 0,
         };
         let mut step = Step::new(Next::Wait);
         step.timer = Some(cx.after_secs(cx.hub.config.head_timeout_secs));
@@ -182,6 +197,18 @@ impl<S: Transport> Conn<S> {
 
     pub fn sock_mut(&mut self) -> &mut S {
         &mut self.sock
+    }
+
+    fn phase(&self) -> Phase {
+        match (self.flags & PHASE_BITS) >> PHASE_SHIFT {
+            0 => Phase::Head,
+            1 => Phase::Idle,
+            _ => Phase::Parked,
+        }
+    }
+
+    fn set_phase(&mut self, phase: Phase) {
+        self.flags = (self.flags & !PHASE_BITS) | ((phase as u8) << PHASE_SHIFT);
     }
 
     fn has(&self, flag: u8) -> bool {
@@ -196,8 +223,10 @@ impl<S: Transport> Conn<S> {
         }
     }
 
+    /// Parked: a poll waiting for its answer, or a stream waiting for its next events (not
+    /// while the previous ones are still being written).
     pub fn is_parked(&self) -> bool {
-        self.phase == Phase::Parked
+        self.phase() == Phase::Parked && !(self.has(STREAM) && self.has_output())
     }
 
     /// The parked poll's cursor seq.
@@ -281,7 +310,10 @@ impl<S: Transport> Conn<S> {
             log::debug!("dropping a client that stopped reading");
             return Step::new(Next::Close);
         }
-        match self.phase {
+        if self.has(STREAM) {
+            return self.stream_timer(cx);
+        }
+        match self.phase() {
             Phase::Idle => Step::new(Next::Close),
             Phase::Parked => Step::new(Next::Answer),
             Phase::Head => {
@@ -299,7 +331,9 @@ impl<S: Transport> Conn<S> {
         if self.has_output() {
             return Step::new(Next::Wait);
         }
-        match self.phase {
+        match self.phase() {
+            // A stream ends cleanly: its events so far are written, the close ends its body.
+            Phase::Parked if self.has(STREAM) => Step::new(Next::Close),
             Phase::Parked => Step::new(Next::Answer),
             Phase::Head if self.has_input() => {
                 let mut step = Step::new(Next::Wait);
@@ -318,7 +352,7 @@ impl<S: Transport> Conn<S> {
         if !self.is_parked() {
             return step;
         }
-        self.phase = Phase::Idle;
+        self.set_phase(Phase::Idle);
         self.waits = waiters::NIL;
         self.set(TOKEN_TIMER, false);
         step.delivered = u32::from(delivered);
@@ -349,16 +383,16 @@ impl<S: Transport> Conn<S> {
                     step.next = Next::Close;
                     return false;
                 }
-                self.phase = if self.has_input() {
+                self.set_phase(if self.has_input() {
                     Phase::Head
                 } else {
                     Phase::Idle
-                };
+                });
                 step.timer = Some(self.next_request_timer(cx));
                 true
             }
             Ok(false) => {
-                self.phase = Phase::Idle;
+                self.set_phase(Phase::Idle);
                 self.pending.get_or_insert_with(Box::default).out = Some((out, pos));
                 step.timer = Some(cx.after_secs(cx.hub.config.write_timeout_secs));
                 true
@@ -414,7 +448,7 @@ impl<S: Transport> Conn<S> {
                 token_timer = true;
             }
         }
-        self.phase = Phase::Parked;
+        self.set_phase(Phase::Parked);
         self.after = p.after;
         self.cors = p.cors;
         self.set(CLOSE_AFTER, p.close);
@@ -453,6 +487,9 @@ impl<S: Transport> Conn<S> {
     /// Moves the connection forward as far as it can go now: flush, parse and handle requests,
     /// read. Borrows a pool buffer only for the call.
     fn drive(&mut self, cx: &mut Ctx<'_>) -> Step {
+        if self.has(STREAM) {
+            return self.drive_stream(cx);
+        }
         let mut step = Step::new(Next::Wait);
         let mut buf: Option<Vec<u8>> = None;
         let mut filled = 0;
@@ -526,8 +563,8 @@ impl<S: Transport> Conn<S> {
                         }
                     }
                     let close_anyway = self.has(CLOSE_AFTER);
-                    if self.phase == Phase::Idle {
-                        self.phase = Phase::Head;
+                    if self.phase() == Phase::Idle {
+                        self.set_phase(Phase::Head);
                     }
                     match poll::handle(&head, cx.hub, cx.now) {
                         Outcome::Respond {
@@ -540,6 +577,17 @@ impl<S: Transport> Conn<S> {
                             {
                                 break Next::Close;
                             }
+                        }
+                        Outcome::Stream {
+                            bytes,
+                            delivered,
+                            park,
+                        } => {
+                            if self.has(READ_CLOSED) {
+                                break Next::Close;
+                            }
+                            step.delivered += u32::from(delivered);
+                            break self.start_stream(Out::Own(bytes), park, cx, &mut step);
                         }
                         Outcome::Park(p) => {
                             if self.has(READ_CLOSED) {
@@ -609,9 +657,9 @@ impl<S: Transport> Conn<S> {
                 }
                 Err(_) => break Next::Close,
             }
-            if was_empty && filled > 0 && self.phase == Phase::Idle {
+            if was_empty && filled > 0 && self.phase() == Phase::Idle {
                 // The first byte of a later request: the head deadline starts now.
-                self.phase = Phase::Head;
+                self.set_phase(Phase::Head);
                 step.timer = Some(cx.after_secs(cx.hub.config.head_timeout_secs));
             }
         };
@@ -622,10 +670,10 @@ impl<S: Transport> Conn<S> {
         } else if loaded {
             self.keep_input(&[], skip);
         }
-        if self.phase == Phase::Idle && self.has_input() && !self.has_output() {
+        if self.phase() == Phase::Idle && self.has_input() && !self.has_output() {
             // Bytes of a pipelined request arrived with the previous one: its head deadline
             // runs from now, not the idle deadline.
-            self.phase = Phase::Head;
+            self.set_phase(Phase::Head);
             step.timer = Some(cx.after_secs(cx.hub.config.head_timeout_secs));
         }
         step.next = next;
@@ -639,6 +687,10 @@ impl<S> TimerNodes for Slab<Conn<S>> {
         &mut self[id as usize].timer
     }
 }
+
+/// A Server-Sent Events stream's side of the connection.
+#[path = "conn_stream.rs"]
+mod stream;
 
 #[cfg(test)]
 #[path = "conn_tests.rs"]

@@ -69,6 +69,8 @@ impl Default for Clock {
 pub struct Counters {
     pub connections: AtomicUsize,
     pub parked: AtomicUsize,
+    /// Server-Sent Events streams (also counted in `parked`: a stream is a parked subscriber).
+    pub streams: AtomicUsize,
     pub delivered: AtomicU64,
     /// Requests whose `Origin` is not in the `--cors-origin` list (answered without CORS
     /// headers, so the browser reports the CORS error); for the metrics.
@@ -80,8 +82,10 @@ pub struct Counters {
 pub struct ReactorGauges {
     /// Connections this reactor holds.
     pub connections: AtomicUsize,
-    /// Polls parked on this reactor.
+    /// Polls parked on this reactor (streams included).
     pub parked: AtomicUsize,
+    /// Server-Sent Events streams on this reactor.
+    pub streams: AtomicUsize,
     /// Channels with at least one parked poll on this reactor (its waiter index's size).
     pub waiting_channels: AtomicUsize,
 }

@@ -34,6 +34,7 @@ use crate::hub::Hub;
 use crate::poll::{self, MAX_PER_ANSWER};
 use crate::response;
 use crate::session;
+use crate::sse;
 use crate::waiters::{self, Waiters};
 
 /// A parked subscriber, as `Parked` sees it.
@@ -50,6 +51,18 @@ pub trait Subscriber {
     fn token_expired(&self, now: u64) -> bool;
     /// Its request's CORS match (`config::Cors::matching`).
     fn cors(&self) -> u8;
+    /// It is an event stream: it stays linked after each write (see `stream`).
+    fn is_stream(&self) -> bool;
+    /// A stream takes events (still linked); `next` is its new cursor, `None` for its last
+    /// events; `more` when more may wait in the store.
+    fn stream(
+        &mut self,
+        out: Out,
+        delivered: bool,
+        next: Option<u64>,
+        more: bool,
+        cx: &mut Ctx<'_>,
+    ) -> Step;
     /// Takes its answer (already unlinked); returns what the reactor does next.
     fn answer(&mut self, out: Out, delivered: bool, cx: &mut Ctx<'_>) -> Step;
 }
@@ -76,6 +89,19 @@ impl<S: Transport> Subscriber for Conn<S> {
     fn cors(&self) -> u8 {
         Conn::cors(self)
     }
+    fn is_stream(&self) -> bool {
+        Conn::is_stream(self)
+    }
+    fn stream(
+        &mut self,
+        out: Out,
+        delivered: bool,
+        next: Option<u64>,
+        more: bool,
+        cx: &mut Ctx<'_>,
+    ) -> Step {
+        Conn::stream(self, out, delivered, next, more, cx)
+    }
     fn answer(&mut self, out: Out, delivered: bool, cx: &mut Ctx<'_>) -> Step {
         Conn::answer(self, out, delivered, cx)
     }
@@ -94,16 +120,33 @@ enum Why<'a> {
     HoldOver,
     /// The drain: c = 0 at its own cursor, never advancing it past anything not given.
     Drain,
-    /// Its session was ended: 401 `session_ended`.
+    /// Its session was ended: 401 `session_ended` (a stream: an `event: session_ended`).
     SessionEnded,
+    /// A stream's output drained: whatever the store holds after its cursor, if anything.
+    CatchUp,
 }
 
-/// A built answer: the bytes, whether it carries messages, the seq it ends at.
-type Built = (Arc<Answer>, bool, u64);
+/// What a built answer says besides its bytes.
+#[derive(Debug, Clone, Copy, Default)]
+struct Built {
+    /// It carries messages.
+    delivered: bool,
+    /// The seq it ends at (its cursor).
+    end: u64,
+    /// It holds a full batch: more may wait in the store.
+    full: bool,
+}
 
-/// One shared encoding per (channel, cursor, close, CORS match); `None` caches "nothing for
-/// this cursor yet".
-type Shared = HashMap<(Option<Arc<str>>, u64, bool, u8), Option<Built>>;
+/// How an answer is encoded: a poll's HTTP response or a stream's events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Kind {
+    Poll,
+    Events,
+}
+
+/// One shared encoding per (channel, cursor, close, CORS match, kind); `None` caches "nothing
+/// for this cursor yet". A stream's events have no close flag or CORS (its head had them).
+type Shared = HashMap<(Option<Arc<str>>, u64, bool, u8, Kind), Option<(Arc<Answer>, Built)>>;
 
 /// See the module documentation.
 pub struct Parked {
@@ -143,9 +186,12 @@ impl Parked {
     ) {
         sub.set_waits(self.waiters.park(key, channels));
         hub.counters.parked.fetch_add(1, Ordering::Relaxed);
-        hub.gauges[self.gauge]
-            .parked
-            .fetch_add(1, Ordering::Relaxed);
+        let gauges = &hub.gauges[self.gauge];
+        gauges.parked.fetch_add(1, Ordering::Relaxed);
+        if sub.is_stream() {
+            hub.counters.streams.fetch_add(1, Ordering::Relaxed);
+            gauges.streams.fetch_add(1, Ordering::Relaxed);
+        }
         self.update_channels(hub);
     }
 
@@ -158,9 +204,12 @@ impl Parked {
         self.waiters.unpark(sub.waits());
         sub.set_waits(waiters::NIL);
         hub.counters.parked.fetch_sub(1, Ordering::Relaxed);
-        hub.gauges[self.gauge]
-            .parked
-            .fetch_sub(1, Ordering::Relaxed);
+        let gauges = &hub.gauges[self.gauge];
+        gauges.parked.fetch_sub(1, Ordering::Relaxed);
+        if sub.is_stream() {
+            hub.counters.streams.fetch_sub(1, Ordering::Relaxed);
+            gauges.streams.fetch_sub(1, Ordering::Relaxed);
+        }
         self.update_channels(hub);
     }
 
@@ -229,6 +278,17 @@ impl Parked {
         self.keys = keys;
     }
 
+    /// Streams whose output drained: what the store holds after their cursor, if anything.
+    pub fn on_catch_up<C: Subscriber>(
+        &mut self,
+        keys: &[u32],
+        subs: &mut Slab<C>,
+        cx: &mut Ctx<'_>,
+        steps: &mut Vec<(u32, Step)>,
+    ) {
+        self.answer_all(keys, Why::CatchUp, subs, cx, steps);
+    }
+
     /// The drain's answers: c = 0 at each subscriber's own cursor.
     pub fn on_drain<C: Subscriber>(
         &mut self,
@@ -268,22 +328,41 @@ impl Parked {
         if !sub.is_parked() {
             return None;
         }
-        let (out, delivered) = self.build(sub, why, cx)?;
+        let (out, built) = self.build(sub, why, cx)?;
+        if sub.is_stream() {
+            let next = (!matches!(why, Why::SessionEnded)).then_some(built.end);
+            return Some(sub.stream(out, built.delivered, next, built.full, cx));
+        }
         self.unlink(sub, cx.hub);
-        Some(sub.answer(out, delivered, cx))
+        Some(sub.answer(out, built.delivered, cx))
     }
 
     /// The one function that builds a parked subscriber's answer (see the module
     /// documentation); `None` when a publish left nothing for it. A session poll's answer
     /// moves the session's position to where the answer ends.
-    fn build<C: Subscriber>(&mut self, sub: &C, why: Why<'_>, cx: &Ctx<'_>) -> Option<(Out, bool)> {
-        let cors = sub.cors();
+    fn build<C: Subscriber>(
+        &mut self,
+        sub: &C,
+        why: Why<'_>,
+        cx: &Ctx<'_>,
+    ) -> Option<(Out, Built)> {
+        let kind = if sub.is_stream() {
+            Kind::Events
+        } else {
+            Kind::Poll
+        };
+        let (close, cors) = match kind {
+            Kind::Poll => (sub.closes_after(), sub.cors()),
+            Kind::Events => (false, 0),
+        };
         let cors_value = cx.hub.config.cors.header(cors);
         let after = sub.after();
-        let close = sub.closes_after();
         let error = |e: &response::ApiError| {
-            let bytes = response::error_bytes(e, close, cors_value);
-            Some((Out::Own(Answer::Flat(bytes)), false))
+            let bytes = match kind {
+                Kind::Poll => response::error_bytes(e, close, cors_value),
+                Kind::Events => sse::error_event(e),
+            };
+            Some((Out::Own(Answer::Flat(bytes)), Built::default()))
         };
         if matches!(why, Why::SessionEnded) {
             return error(&response::SESSION_ENDED);
@@ -309,58 +388,65 @@ impl Parked {
         if matches!(why, Why::Drain) {
             channels.clear();
         }
-        let (out, delivered, end) = if channels.len() > 1 {
-            let (a, d, e) = self.read(&channels, after, close, cors_value, why, cx)?;
-            (Out::Own(a), d, e)
+        let (out, built) = if channels.len() > 1 {
+            let (a, b) = self.read(&channels, after, close, cors_value, kind, why, cx)?;
+            (Out::Own(a), b)
         } else {
-            let key = (channels.pop(), after, close, cors);
+            let key = (channels.pop(), after, close, cors, kind);
             let made = match self.shared.get(&key) {
                 Some(hit) => hit.clone(),
                 None => {
                     let made = self
-                        .read(key.0.as_slice(), after, close, cors_value, why, cx)
-                        .map(|(a, d, e)| (Arc::new(a), d, e));
+                        .read(key.0.as_slice(), after, close, cors_value, kind, why, cx)
+                        .map(|(a, b)| (Arc::new(a), b));
                     self.shared.insert(key, made.clone());
                     made
                 }
             };
-            let (a, d, e) = made?;
-            (Out::Shared(a), d, e)
+            let (a, b) = made?;
+            (Out::Shared(a), b)
         };
         if let Some(sid) = session.as_deref().and_then(session::sid_of) {
-            cx.hub.sessions.advance(sid, end, cx.now);
+            cx.hub.sessions.advance(sid, built.end, cx.now);
         }
-        Some((out, delivered))
+        Some((out, built))
     }
 
     /// Reads the store for `channels` after `after` and encodes the answer (the drain's is
-    /// empty at `after`); `None` when a publish left nothing to answer.
+    /// empty at `after`); `None` when a publish (or a stream's catch-up) found nothing.
+    #[allow(clippy::too_many_arguments)]
     fn read(
         &self,
         channels: &[Arc<str>],
         after: u64,
         close: bool,
         cors: Option<&str>,
+        kind: Kind,
         why: Why<'_>,
         cx: &Ctx<'_>,
-    ) -> Option<(Answer, bool, u64)> {
+    ) -> Option<(Answer, Built)> {
         if matches!(why, Why::Drain) {
-            return Some((
-                poll::empty_answer(self.epoch, after, close, cors),
-                false,
-                after,
-            ));
+            let built = Built {
+                end: after,
+                ..Built::default()
+            };
+            return Some((poll::empty_answer(self.epoch, after, close, cors), built));
         }
         let found = cx.hub.read().read(channels, after, cx.now, MAX_PER_ANSWER);
-        if found.messages.is_empty() && !found.reset && matches!(why, Why::Published { .. }) {
+        let only_news = matches!(why, Why::Published { .. } | Why::CatchUp) || kind == Kind::Events;
+        if found.messages.is_empty() && !found.reset && only_news {
             return None;
         }
-        let delivered = !found.messages.is_empty();
-        Some((
-            answer::encode(&found, channels, self.epoch, close, cors),
-            delivered,
-            found.end_seq(),
-        ))
+        let built = Built {
+            delivered: !found.messages.is_empty(),
+            end: found.end_seq(),
+            full: found.messages.len() == MAX_PER_ANSWER,
+        };
+        let answer = match kind {
+            Kind::Poll => answer::encode(&found, channels, self.epoch, close, cors),
+            Kind::Events => sse::encode(&found, channels, self.epoch, Vec::new()),
+        };
+        Some((answer, built))
     }
 }
 
@@ -378,6 +464,7 @@ mod tests {
         waits: u32,
         close: bool,
         expired: bool,
+        stream: bool,
         answers: Vec<(Out, bool)>,
     }
 
@@ -402,6 +489,31 @@ mod tests {
         }
         fn cors(&self) -> u8 {
             0
+        }
+        fn is_stream(&self) -> bool {
+            self.stream
+        }
+        fn stream(
+            &mut self,
+            out: Out,
+            delivered: bool,
+            next: Option<u64>,
+            _more: bool,
+            _cx: &mut Ctx<'_>,
+        ) -> Step {
+            self.answers.push((out, delivered));
+            let next = match next {
+                Some(seq) => {
+                    self.after = seq;
+                    Next::Wait
+                }
+                None => Next::Close,
+            };
+            Step {
+                next,
+                timer: None,
+                delivered: u32::from(delivered),
+            }
         }
         fn answer(&mut self, out: Out, delivered: bool, _cx: &mut Ctx<'_>) -> Step {
             self.answers.push((out, delivered));
@@ -478,7 +590,7 @@ mod tests {
         };
         match a {
             Answer::Flat(v) => String::from_utf8_lossy(v).into_owned(),
-            Answer::Refs(_) => panic!("small answers are flat"),
+            Answer::Refs(_) | Answer::Events(_) => panic!("small answers are flat"),
         }
     }
 
@@ -503,6 +615,84 @@ mod tests {
         assert_eq!(text(&own.0), text(&w.subs[a1 as usize].answers[0].0));
         assert!(w.subs[other as usize].answers.is_empty());
         assert_eq!(w.gauge(), (1, 1), "the answered ones left the index");
+    }
+
+    fn stream(w: &mut World, channels: &[&str], after: u64) -> u32 {
+        let key = w.subs.insert(Fake {
+            after,
+            waits: waiters::NIL,
+            stream: true,
+            ..Fake::default()
+        }) as u32;
+        let sub = &mut w.subs[key as usize];
+        w.parked.park(key, sub, channels, &w.hub);
+        key
+    }
+
+    #[test]
+    fn streams_share_one_encoding_and_stay_parked() {
+        let mut w = World::new();
+        let keys: Vec<u32> = (0..5).map(|_| stream(&mut w, &["a"], 0)).collect();
+        let poll = w.park(&["a"], 0);
+        assert_eq!(w.hub.counters.streams.load(Ordering::Relaxed), 5);
+        let seq = w.publish("a");
+        let steps = w.wake("a", seq);
+        assert_eq!(steps.len(), 6);
+        let shared = |w: &World, k: u32| match &w.subs[k as usize].answers[0].0 {
+            Out::Shared(a) => a.clone(),
+            Out::Own(_) => panic!("a single-channel stream's events are shared"),
+        };
+        let first = shared(&w, keys[0]);
+        for &k in &keys[1..] {
+            assert!(Arc::ptr_eq(&first, &shared(&w, k)), "encoded once");
+        }
+        assert!(
+            !Arc::ptr_eq(&first, &shared(&w, poll)),
+            "events are not a poll answer"
+        );
+        let events = match &*first {
+            Answer::Events(_) => "by reference",
+            Answer::Flat(v) => panic!("{}", String::from_utf8_lossy(v)),
+            Answer::Refs(_) => panic!("a poll answer"),
+        };
+        assert_eq!(events, "by reference");
+        // The streams stay in the index at their new cursor; the poll left it.
+        assert_eq!(w.gauge(), (5, 1));
+        assert!(keys.iter().all(|&k| w.subs[k as usize].after == seq));
+        // A second publish reaches them again.
+        let seq2 = w.publish("a");
+        assert_eq!(w.wake("a", seq2).len(), 5);
+    }
+
+    #[test]
+    fn a_session_end_ends_its_streams_and_polls() {
+        let mut w = World::new();
+        let wait = session::wait_name("s");
+        let st = stream(&mut w, &["a", &wait], 0);
+        let poll = w.park(&["a", &wait], 0);
+        let other = w.park(&["a"], 0);
+        let mut steps = Vec::new();
+        let mut cx = Ctx {
+            hub: &w.hub,
+            pool: &mut w.pool,
+            now: 0,
+        };
+        w.parked
+            .on_session_ended("s", &mut w.subs, &mut cx, &mut steps);
+        assert_eq!(steps.len(), 2);
+        let ev = text(&w.subs[st as usize].answers[0].0);
+        assert!(ev.starts_with("event: session_ended\n"), "{ev}");
+        let of_stream = steps
+            .iter()
+            .find(|(k, _)| *k == st)
+            .expect("the stream's step");
+        assert!(matches!(of_stream.1.next, Next::Close), "the stream ends");
+        let t = text(&w.subs[poll as usize].answers[0].0);
+        assert!(
+            t.starts_with("HTTP/1.1 401 ") && t.contains("session_ended"),
+            "{t}"
+        );
+        assert!(w.subs[other as usize].answers.is_empty());
     }
 
     #[test]

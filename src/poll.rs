@@ -9,6 +9,10 @@
 //! With `--cors-origin` every answer carries the CORS headers, errors and other paths included
 //! (with a list of origins: when the request's `Origin` is one of them).
 //!
+//! A request with `Accept: text/event-stream` starts a Server-Sent Events stream instead
+//! (`Outcome::Stream`, see `sse`): the same channels, cursor rules and first read, the hold
+//! ignored.
+//!
 //! Channel resolution (`resolve_channels`) is the one place tokens and sessions enter: a `sid`
 //! naming a registered session gives the session's channels (and, without a cursor, its
 //! position); otherwise, without a secret the query names the channels; with one, the token
@@ -22,6 +26,7 @@ use crate::hub::Hub;
 use crate::query::{self, PollQuery, QueryError, MAX_CHANNELS};
 use crate::response::{self, ApiError, Extra};
 use crate::session;
+use crate::sse;
 use crate::store::Found;
 use crate::token;
 
@@ -45,6 +50,10 @@ pub struct Park {
     pub token_ms: Option<u64>,
     /// The request's CORS match (`config::Cors::matching`), kept for the later answer.
     pub cors: u8,
+    /// A Server-Sent Events stream (parked again after each write, see `sse`).
+    pub stream: bool,
+    /// A stream's first write was a full batch: more may wait in the store at `after`.
+    pub more: bool,
 }
 
 /// What to do with one request.
@@ -57,6 +66,13 @@ pub enum Outcome {
         delivered: bool,
     },
     Park(Park),
+    /// Start an event stream: write `bytes` (head, `retry:`, the first events; `delivered`
+    /// when there are any), then park.
+    Stream {
+        bytes: Answer,
+        delivered: bool,
+        park: Park,
+    },
 }
 
 fn query_error(e: QueryError) -> ApiError {
@@ -259,9 +275,17 @@ pub fn handle(head: &RequestHead, hub: &Hub, now_ms: u64) -> Outcome {
         Ok(c) => c,
         Err(e) => return err(e, cors),
     };
-    // A cursor parameter wins; an If-None-Match that is not one entity tag is a cursor that
-    // does not parse (a list of several tags included).
+    // A stream resumes from Last-Event-ID (what EventSource sends on reconnect), else the
+    // cursor or last_event_id parameter. A poll's cursor parameter wins; an If-None-Match that
+    // is not one entity tag is a cursor that does not parse (a list of several tags included).
+    let stream = head.event_stream;
     let cursor_text = match (q.cursor.as_deref(), head.if_none_match.as_deref()) {
+        _ if stream => head
+            .last_event_id
+            .as_deref()
+            .filter(|v| !v.is_empty())
+            .or(q.cursor.as_deref())
+            .or(q.last_event_id.as_deref()),
         (Some(c), _) => Some(c),
         (None, Some(v)) => match http::etag_cursor(v) {
             Some(c) => Some(c),
@@ -292,6 +316,31 @@ pub fn handle(head: &RequestHead, hub: &Hub, now_ms: u64) -> Outcome {
     let mut found = store.read(&channels, after, now_ms, MAX_PER_ANSWER);
     drop(store);
     found.reset |= foreign;
+    if stream {
+        let end = found.end_seq();
+        if let Some((sid, _)) = &session {
+            hub.sessions.advance(sid, end, now_ms);
+        }
+        let bytes = sse::encode(&found, &channels, epoch, sse::head(cors));
+        if let Some((sid, _)) = &session {
+            channels.push(session::wait_name(sid));
+        }
+        let more = found.messages.len() == MAX_PER_ANSWER;
+        return Outcome::Stream {
+            bytes,
+            delivered: !found.messages.is_empty(),
+            park: Park {
+                channels,
+                after: end,
+                hold_ms: 0,
+                close: true,
+                token_ms: exp.map(ms_until),
+                cors: cors_match,
+                stream: true,
+                more,
+            },
+        };
+    }
     if found.messages.is_empty() && !found.reset && hold_secs > 0 {
         if let Some((sid, _)) = &session {
             // The reserved channel the session's end wakes (see `session`).
@@ -304,6 +353,8 @@ pub fn handle(head: &RequestHead, hub: &Hub, now_ms: u64) -> Outcome {
             close,
             token_ms: exp.map(ms_until),
             cors: cors_match,
+            stream: false,
+            more: false,
         });
     }
     if let Some((sid, _)) = &session {

@@ -18,6 +18,8 @@
 //!   wake-up or an accept is never held behind it. A backlog expiry whose connection was
 //!   re-armed (or replaced: a new connection is armed at once) since is skipped.
 //! - This reactor's `connections` gauge moves with the slab; `parked` owns the other gauges.
+//! - An event stream is parked after each write; a stream whose output drained (or whose
+//!   batch was full) is queued to catch up from its cursor (`Ready::CatchUp`), a batch a turn.
 
 use std::collections::VecDeque;
 use std::io;
@@ -76,6 +78,9 @@ pub const DRAIN_MS: u64 = 4_000;
 enum Ready {
     Listener(usize),
     Conn(u32),
+    /// A stream to catch up from its cursor (queued, so a long backlog is sent a batch per
+    /// turn, not in one recursion).
+    CatchUp(u32),
 }
 
 /// See the module documentation.
@@ -234,8 +239,12 @@ impl Reactor {
                 if let Some(c) = self.conns.get_mut(key as usize) {
                     self.parked.park(key, c, &p.channels, &self.hub);
                 }
+                if p.more {
+                    self.ready.push_back(Ready::CatchUp(key));
+                }
             }
             Next::Answer => self.answer_parked(&[key], false),
+            Next::CatchUp => self.ready.push_back(Ready::CatchUp(key)),
         }
     }
 
@@ -249,6 +258,15 @@ impl Reactor {
         } else {
             self.parked.on_hold_over(keys, conns, &mut cx, &mut steps);
         }
+        self.apply_all(&mut steps);
+        self.steps = steps;
+    }
+
+    /// Has `parked` send stream `key` what the store holds after its cursor.
+    fn catch_up(&mut self, key: u32) {
+        let mut steps = std::mem::take(&mut self.steps);
+        let (mut cx, conns) = (cx!(self), &mut self.conns);
+        self.parked.on_catch_up(&[key], conns, &mut cx, &mut steps);
         self.apply_all(&mut steps);
         self.steps = steps;
     }
@@ -292,6 +310,7 @@ impl Reactor {
             match self.ready.pop_front() {
                 Some(Ready::Listener(i)) => self.accept(i),
                 Some(Ready::Conn(k)) => self.on_conn(k, |c, cx| c.on_turn(cx)),
+                Some(Ready::CatchUp(k)) => self.catch_up(k),
                 None => break,
             }
         }

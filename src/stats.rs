@@ -38,6 +38,8 @@ pub struct Figures {
     pub delivered: u64,
     /// Registered sessions (not yet reclaimed).
     pub sessions: usize,
+    /// Server-Sent Events streams (also counted in `parked`).
+    pub streams: usize,
 }
 
 impl Figures {
@@ -45,7 +47,7 @@ impl Figures {
     pub fn write_line(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(
             format!(
-                "{{\"ok\":true,\"connections\":{},\"parked\":{},\"channels\":{},\"messages\":{},\"published\":{},\"delivered\":{},\"sessions\":{}}}\n",
+                "{{\"ok\":true,\"connections\":{},\"parked\":{},\"channels\":{},\"messages\":{},\"published\":{},\"delivered\":{},\"sessions\":{},\"streams\":{}}}\n",
                 self.connections,
                 self.parked,
                 self.channels,
@@ -53,6 +55,7 @@ impl Figures {
                 self.published,
                 self.delivered,
                 self.sessions,
+                self.streams,
             )
             .as_bytes(),
         );
@@ -84,6 +87,7 @@ impl WaitingReply {
 struct Counted {
     connections: usize,
     parked: usize,
+    streams: usize,
     delivered: u64,
 }
 
@@ -132,6 +136,7 @@ impl<A: Copy + PartialEq> PendingStats<A> {
         let counted = Counted {
             connections: c.connections.load(Ordering::Relaxed),
             parked: c.parked.load(Ordering::Relaxed),
+            streams: c.streams.load(Ordering::Relaxed),
             delivered: c.delivered.load(Ordering::Relaxed),
         };
         let query = self.next_query;
@@ -221,6 +226,7 @@ fn figures(hub: &Hub, counted: &Counted, waiting: &HashSet<Box<str>>) -> Figures
         parked: counted.parked,
         channels: public.count() + holding_only,
         sessions: hub.sessions.len(),
+        streams: counted.streams,
         messages: s.messages,
         published: s.published,
         delivered: counted.delivered,
@@ -265,11 +271,12 @@ mod tests {
             published: 5,
             delivered: 6,
             sessions: 7,
+            streams: 8,
         }
         .write_line(&mut out);
         assert_eq!(
             out,
-            b"{\"ok\":true,\"connections\":1,\"parked\":2,\"channels\":3,\"messages\":4,\"published\":5,\"delivered\":6,\"sessions\":7}\n"
+            b"{\"ok\":true,\"connections\":1,\"parked\":2,\"channels\":3,\"messages\":4,\"published\":5,\"delivered\":6,\"sessions\":7,\"streams\":8}\n"
         );
     }
 

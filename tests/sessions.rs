@@ -89,7 +89,10 @@ fn tabs_share_the_position_and_an_explicit_cursor_wins() {
     let second = check_poll(&tab2.request(&seed_poll("shared", Some(0))));
     assert_eq!(second.msgs.len(), 1, "tab 2 continues where tab 1 ended");
     assert_eq!(second.msgs[0]["data"], 3);
-    assert_eq!(check_poll(&tab1.request(&seed_poll("shared", Some(0)))).c, 0);
+    assert_eq!(
+        check_poll(&tab1.request(&seed_poll("shared", Some(0)))).c,
+        0
+    );
     // A tab that passes its cursor gets what it asks for, whatever the session's position.
     let t = format!("/pns/poll?sid=shared&hold=0&cursor={}", pct(&start));
     let all = check_poll(&tab1.request(&t));

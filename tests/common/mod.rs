@@ -1094,7 +1094,8 @@ impl Publisher {
 
     /// Registers session `sid` on `channels` for `ttl` seconds; returns the answer line.
     pub fn session(&mut self, sid: &str, channels: &[&str], ttl: u64) -> Value {
-        let line = serde_json::json!({"op": "session", "sid": sid, "channels": channels, "ttl": ttl});
+        let line =
+            serde_json::json!({"op": "session", "sid": sid, "channels": channels, "ttl": ttl});
         self.request(&line.to_string())
     }
 
