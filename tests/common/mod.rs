@@ -641,6 +641,56 @@ fn parse_head(buf: &[u8]) -> Option<(Response, usize, BodyLen)> {
     Some((resp, n, len))
 }
 
+/// One Server-Sent Events block, read as EventSource reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SseEvent {
+    pub id: Option<String>,
+    /// `event:`, `message` when absent.
+    pub event: String,
+    /// The `data:` lines joined with LF; `None` for a block without data (a comment, `retry:`).
+    pub data: Option<String>,
+    pub retry: Option<u64>,
+    /// The block's comment lines (`: ...`), without the colon.
+    pub comments: Vec<String>,
+}
+
+impl SseEvent {
+    fn parse(block: &str) -> SseEvent {
+        let mut e = SseEvent {
+            id: None,
+            event: "message".into(),
+            data: None,
+            retry: None,
+            comments: Vec::new(),
+        };
+        for line in block.split('\n').filter(|l| !l.is_empty()) {
+            let (field, value) = line.split_once(':').unwrap_or((line, ""));
+            let value = value.strip_prefix(' ').unwrap_or(value);
+            match field {
+                "" => e.comments.push(value.to_string()),
+                "id" => e.id = Some(value.to_string()),
+                "event" => e.event = value.to_string(),
+                "retry" => e.retry = Some(value.parse().expect("retry is a number")),
+                "data" => match &mut e.data {
+                    Some(d) => {
+                        d.push('\n');
+                        d.push_str(value);
+                    }
+                    None => e.data = Some(value.to_string()),
+                },
+                other => panic!("unknown field {other:?} in {block:?}"),
+            }
+        }
+        e
+    }
+
+    /// The data as JSON.
+    pub fn json(&self) -> Value {
+        let d = self.data.as_deref().expect("an event with data");
+        serde_json::from_str(d).unwrap_or_else(|e| panic!("data {d:?} is not JSON: {e}"))
+    }
+}
+
 /// A raw HTTP/1.1 client connection.
 pub struct HttpConn {
     pub stream: TcpStream,
@@ -734,6 +784,79 @@ impl HttpConn {
                 ));
             }
             self.fill_once();
+        }
+    }
+
+    /// Opens a Server-Sent Events stream: `GET TARGET` with `Accept: text/event-stream` and
+    /// `headers`; returns the answer's head (an error answer comes whole, body included).
+    pub fn open_events(&mut self, target: &str, headers: &[(&str, &str)]) -> Response {
+        let mut all = vec![("Accept", "text/event-stream")];
+        all.extend_from_slice(headers);
+        self.send(get_with(target, &all));
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some((resp, head_len, len)) = parse_head(&self.buf) {
+                if let BodyLen::Exact(_) = len {
+                    return self.read_response();
+                }
+                self.buf.drain(..head_len);
+                return resp;
+            }
+            assert!(!self.eof, "closed before the stream's head");
+            assert!(
+                Instant::now() < deadline,
+                "no stream head within {DEADLINE:?}"
+            );
+            self.fill_once();
+        }
+    }
+
+    /// The next event of an open stream (a block ended by a blank line), waiting at most
+    /// `within`; `Ok(None)` when the server closed the stream.
+    pub fn next_event(&mut self, within: Duration) -> Result<Option<SseEvent>, String> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(end) = self.buf.windows(2).position(|w| w == b"\n\n") {
+                let block: Vec<u8> = self.buf.drain(..end + 2).collect();
+                let text = String::from_utf8(block).expect("events are UTF-8");
+                return Ok(Some(SseEvent::parse(&text)));
+            }
+            if self.eof {
+                assert!(
+                    self.buf.is_empty(),
+                    "stream closed inside an event: {:?}",
+                    String::from_utf8_lossy(&self.buf)
+                );
+                return Ok(None);
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("no event within {within:?}"));
+            }
+            self.fill_once();
+        }
+    }
+
+    /// The next event that is not a comment or a `retry:` line, within [`DEADLINE`].
+    pub fn next_data_event(&mut self) -> SseEvent {
+        loop {
+            match self.next_event(DEADLINE) {
+                Ok(Some(e)) if e.data.is_some() => return e,
+                Ok(Some(_)) => {}
+                Ok(None) => panic!("the stream ended before an event"),
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+
+    /// Waits (bounded) for the server to end the stream; returns the events that came first.
+    pub fn events_until_close(&mut self) -> Vec<SseEvent> {
+        let mut out = Vec::new();
+        loop {
+            match self.next_event(DEADLINE) {
+                Ok(Some(e)) => out.push(e),
+                Ok(None) => return out,
+                Err(e) => panic!("{e}"),
+            }
         }
     }
 
