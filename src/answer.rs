@@ -113,6 +113,15 @@ impl Segments for Answer {
     }
 }
 
+/// Which channel names message `m` to a subscriber of `channels`: the index (in
+/// `m.channels`) of the first of its channels the subscriber waits on.
+pub fn named_by<S: AsRef<str>>(m: &Message, channels: &[S]) -> u32 {
+    m.channels
+        .iter()
+        .position(|c| channels.iter().any(|s| s.as_ref() == &**c))
+        .unwrap_or(0) as u32
+}
+
 /// The whole HTTP response answering a poll on `channels` with what `found` holds.
 pub fn encode<S: AsRef<str>>(
     found: &Found,
@@ -134,13 +143,7 @@ pub fn encode<S: AsRef<str>>(
         trailer.extend_from_slice(b",\"reset\":true");
     }
     trailer.push(b'}');
-    // Which channel names each message: the first of its channels the poll subscribes to.
-    let named = |m: &Message| -> u32 {
-        m.channels
-            .iter()
-            .position(|c| channels.iter().any(|s| s.as_ref() == &**c))
-            .unwrap_or(0) as u32
-    };
+    let named = |m: &Message| named_by(m, channels);
     let mut body_len = prefix.len() + trailer.len();
     for (i, m) in found.messages.iter().enumerate() {
         let ch = m.channels.get(named(m) as usize).map_or(0, |c| c.len());
@@ -182,28 +185,30 @@ pub fn encode<S: AsRef<str>>(
     })
 }
 
+/// All the bytes of `a`, walked as a socket write would (for tests).
+#[cfg(test)]
+pub fn flatten(a: &Answer) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut iov = [IoSlice::new(&[]); 16];
+    let mut pos = 0;
+    loop {
+        let n = a.slices_from(pos, &mut iov);
+        if n == 0 {
+            break;
+        }
+        for s in &iov[..n] {
+            out.extend_from_slice(s);
+            pos += s.len();
+        }
+    }
+    assert_eq!(out.len(), a.total_len());
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::store::Store;
-
-    fn flatten(a: &Answer) -> Vec<u8> {
-        let mut out = Vec::new();
-        let mut iov = [IoSlice::new(&[]); 16];
-        let mut pos = 0;
-        loop {
-            let n = a.slices_from(pos, &mut iov);
-            if n == 0 {
-                break;
-            }
-            for s in &iov[..n] {
-                out.extend_from_slice(s);
-                pos += s.len();
-            }
-        }
-        assert_eq!(out.len(), a.total_len());
-        out
-    }
 
     fn found(size: usize, n: usize, reset: bool) -> (Store, Found) {
         let mut store = Store::new(7, 200, 60_000);

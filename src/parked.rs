@@ -107,6 +107,17 @@ impl<S: Transport> Subscriber for Conn<S> {
     }
 }
 
+/// Why the reactor asks for answers (see `Parked::on_due`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Due {
+    /// Their hold or their token ran out: answer even if empty.
+    HoldOver,
+    /// The drain: c = 0 at each one's own cursor.
+    Drain,
+    /// Streams whose output drained: what the store holds after their cursor, if anything.
+    CatchUp,
+}
+
 /// Why a subscriber is answered.
 #[derive(Debug, Clone, Copy)]
 enum Why<'a> {
@@ -251,15 +262,22 @@ impl Parked {
         self.keys = keys;
     }
 
-    /// Answers subscribers whose hold or token ran out (one slice of the wheel's expiries).
-    pub fn on_hold_over<C: Subscriber>(
+    /// Answers `keys` for `reason` (one slice of the wheel's expiries, the drain, streams to
+    /// catch up), sharing encodings between them.
+    pub fn on_due<C: Subscriber>(
         &mut self,
         keys: &[u32],
+        reason: Due,
         subs: &mut Slab<C>,
         cx: &mut Ctx<'_>,
         steps: &mut Vec<(u32, Step)>,
     ) {
-        self.answer_all(keys, Why::HoldOver, subs, cx, steps);
+        let why = match reason {
+            Due::HoldOver => Why::HoldOver,
+            Due::Drain => Why::Drain,
+            Due::CatchUp => Why::CatchUp,
+        };
+        self.answer_all(keys, why, subs, cx, steps);
     }
 
     /// Session `sid` ended: its parked polls (waiting on its reserved channel) get 401
@@ -276,28 +294,6 @@ impl Parked {
         self.waiters.waiting_on(&session::wait_name(sid), &mut keys);
         self.answer_all(&keys, Why::SessionEnded, subs, cx, steps);
         self.keys = keys;
-    }
-
-    /// Streams whose output drained: what the store holds after their cursor, if anything.
-    pub fn on_catch_up<C: Subscriber>(
-        &mut self,
-        keys: &[u32],
-        subs: &mut Slab<C>,
-        cx: &mut Ctx<'_>,
-        steps: &mut Vec<(u32, Step)>,
-    ) {
-        self.answer_all(keys, Why::CatchUp, subs, cx, steps);
-    }
-
-    /// The drain's answers: c = 0 at each subscriber's own cursor.
-    pub fn on_drain<C: Subscriber>(
-        &mut self,
-        keys: &[u32],
-        subs: &mut Slab<C>,
-        cx: &mut Ctx<'_>,
-        steps: &mut Vec<(u32, Step)>,
-    ) {
-        self.answer_all(keys, Why::Drain, subs, cx, steps);
     }
 
     /// Answers each of `keys` for `why`, sharing encodings between them.
@@ -729,11 +725,12 @@ mod tests {
             now: 0,
         };
         w.parked
-            .on_hold_over(&[k1], &mut w.subs, &mut cx, &mut steps);
+            .on_due(&[k1], Due::HoldOver, &mut w.subs, &mut cx, &mut steps);
         let t = text(&w.subs[k1 as usize].answers[0].0);
         assert!(t.contains("{\"c\":0,"), "{t}");
         w.subs[k2 as usize].close = true;
-        w.parked.on_drain(&[k2], &mut w.subs, &mut cx, &mut steps);
+        w.parked
+            .on_due(&[k2], Due::Drain, &mut w.subs, &mut cx, &mut steps);
         let t = text(&w.subs[k2 as usize].answers[0].0);
         let cursor = crate::cursor::encode(9, seq);
         assert!(t.contains(&format!("\"cursor\":\"{cursor}\"")), "{t}");

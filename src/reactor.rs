@@ -2,7 +2,7 @@
 //! hold wheel, parked subscribers and buffer pool. The loop only dispatches: listener
 //! readiness to `accept`, connection readiness to `Conn::on_ready`, wake-ups from the publish
 //! thread to `Parked::on_published`, wheel ticks to `Conn::on_timer` and
-//! `Parked::on_hold_over`; each connection answers with a `conn::Step` that `apply` carries out
+//! `Parked::on_due`; each connection answers with a `conn::Step` that `apply` carries out
 //! (arm the timer, park, queue for later, close).
 //!
 //! Tokens: `WAKER` (0) is the publish thread's wake-up; `LISTENER_BASE + i` are the listeners;
@@ -37,7 +37,7 @@ use crate::backoff::AcceptBackoff;
 use crate::conn::{Conn, Ctx, Next, Step};
 use crate::http::MAX_HEAD;
 use crate::hub::{Clock, Command, Hub};
-use crate::parked::Parked;
+use crate::parked::{Due, Parked};
 use crate::pool::BufferPool;
 use crate::response;
 use crate::sockio::{self, Accepted};
@@ -243,30 +243,17 @@ impl Reactor {
                     self.ready.push_back(Ready::CatchUp(key));
                 }
             }
-            Next::Answer => self.answer_parked(&[key], false),
+            Next::Answer => self.answer_parked(&[key], Due::HoldOver),
             Next::CatchUp => self.ready.push_back(Ready::CatchUp(key)),
         }
     }
 
     /// Has `parked` answer the parked subscribers `keys` (hold or token over, or the drain's
     /// answer) with one encode-once cache, and applies their steps.
-    fn answer_parked(&mut self, keys: &[u32], drain: bool) {
+    fn answer_parked(&mut self, keys: &[u32], reason: Due) {
         let mut steps = std::mem::take(&mut self.steps);
         let (mut cx, conns) = (cx!(self), &mut self.conns);
-        if drain {
-            self.parked.on_drain(keys, conns, &mut cx, &mut steps);
-        } else {
-            self.parked.on_hold_over(keys, conns, &mut cx, &mut steps);
-        }
-        self.apply_all(&mut steps);
-        self.steps = steps;
-    }
-
-    /// Has `parked` send stream `key` what the store holds after its cursor.
-    fn catch_up(&mut self, key: u32) {
-        let mut steps = std::mem::take(&mut self.steps);
-        let (mut cx, conns) = (cx!(self), &mut self.conns);
-        self.parked.on_catch_up(&[key], conns, &mut cx, &mut steps);
+        self.parked.on_due(keys, reason, conns, &mut cx, &mut steps);
         self.apply_all(&mut steps);
         self.steps = steps;
     }
@@ -294,7 +281,8 @@ impl Reactor {
                 self.apply(key, step);
             }
         }
-        self.answer_parked(&held, drain);
+        let reason = if drain { Due::Drain } else { Due::HoldOver };
+        self.answer_parked(&held, reason);
         held.clear();
         self.held = held;
     }
@@ -310,7 +298,7 @@ impl Reactor {
             match self.ready.pop_front() {
                 Some(Ready::Listener(i)) => self.accept(i),
                 Some(Ready::Conn(k)) => self.on_conn(k, |c, cx| c.on_turn(cx)),
-                Some(Ready::CatchUp(k)) => self.catch_up(k),
+                Some(Ready::CatchUp(k)) => self.answer_parked(&[k], Due::CatchUp),
                 None => break,
             }
         }

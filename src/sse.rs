@@ -29,7 +29,7 @@
 use std::io::IoSlice;
 use std::sync::Arc;
 
-use crate::answer::Answer;
+use crate::answer::{self, Answer};
 use crate::cursor;
 use crate::response::{self, ApiError};
 use crate::sockio;
@@ -160,12 +160,7 @@ pub fn encode<S: AsRef<str>>(
         head.extend_from_slice(end.as_bytes());
         head.extend_from_slice(b"\"}\n\n");
     }
-    let named = |m: &Message| -> u32 {
-        m.channels
-            .iter()
-            .position(|c| channels.iter().any(|s| s.as_ref() == &**c))
-            .unwrap_or(0) as u32
-    };
+    let named = |m: &Message| answer::named_by(m, channels);
     if found.messages.iter().any(|m| has_line_break(m)) {
         let mut out = head;
         let mut json = Vec::new();
@@ -207,25 +202,10 @@ pub fn encode<S: AsRef<str>>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sockio::Segments;
     use crate::store::Store;
 
     fn text(a: &Answer) -> String {
-        let mut out = Vec::new();
-        let mut iov = [IoSlice::new(&[]); 64];
-        let mut pos = 0;
-        loop {
-            let n = a.slices_from(pos, &mut iov);
-            if n == 0 {
-                break;
-            }
-            for s in &iov[..n] {
-                out.extend_from_slice(s);
-                pos += s.len();
-            }
-        }
-        assert_eq!(out.len(), a.total_len());
-        String::from_utf8(out).unwrap()
+        String::from_utf8(crate::answer::flatten(a)).unwrap()
     }
 
     /// Parses events as EventSource does: (id, event, data joined with LF) per event.
