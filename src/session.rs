@@ -12,15 +12,16 @@
 //! Invariants:
 //! - At most `max` sessions exist (`--max-sessions`); a registration beyond it is refused.
 //! - A session expires `ttl` seconds after its registration or its last poll (a poll's start
-//!   and its answer both refresh it). An expired session is unknown to every lookup at once;
+//!   and its answer both refresh it; so do an event stream's start and each write of messages,
+//!   not its heartbeats). An expired session is unknown to every lookup at once;
 //!   its record is reclaimed by the incremental sweep (`sweep`: at most `SWEEP_SLICE` records
 //!   looked at per call, resuming where the previous call stopped), or by a lookup that finds
 //!   it expired: never a walk over the whole table.
-//! - Record size: one slot of the slab (`size_of::<Record>()`, 56 bytes on 64-bit) plus one map
-//!   entry (24 bytes plus a control byte) plus the sid (16-byte `Arc` header plus its bytes) and
-//!   the channel list (16-byte `Arc` header plus 16 bytes and the name per channel): about
-//!   130 bytes plus the names for a one-channel session (`a_record_is_small` checks the fixed
-//!   part).
+//! - Record size: one slab slot (`Record`, 56 bytes on 64-bit, 64 with the slab's tag), one
+//!   map entry (24 bytes and a control byte), the sid (16-byte `Arc` header plus its bytes) and
+//!   the channel list (16-byte `Arc` header, 16 bytes per channel, and each name's own
+//!   allocation): about 140 bytes plus the sid and the names for a one-channel session
+//!   (`a_record_is_small` checks the fixed part).
 //! - Parked session polls cost plain polls nothing: a parked session poll waits on its channels
 //!   and on one reserved internal channel, [`wait_name`] (`!session:SID`, not a valid public
 //!   channel name, so no publish can reach it). Ending a session wakes that channel on every
