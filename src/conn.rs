@@ -23,7 +23,8 @@
 //!
 //! Invariants (density): an idle or parked connection without pipelined input owns no heap
 //! memory at all (`pending` is `None`); its own state beside the socket is at most 40 bytes
-//! (flags are bits of one byte); its one timer is the `TimerLink` inside it. A response in
+//! (the flags and the phase share one byte; the CORS match is one byte, a stream's heartbeat
+//! count two; an idle event stream is such a parked connection); its one timer is the `TimerLink` inside it. A response in
 //! flight owns at most one [`Answer`] (bounded, see `answer`). Readiness is edge-triggered: the
 //! readable bit is cleared only by a read that drained the socket or hit its end.
 
