@@ -184,6 +184,11 @@ fn a_token_expiring_ends_the_stream_and_the_reconnect_is_401() {
     assert_eq!(message(&s.next_data_event())["data"], 1);
     let rest = s.events_until_close();
     assert!(rest.iter().all(|e| e.data.is_none()), "{rest:?}");
+    // The stream ends no later than exp (never a message after it); the browser reconnects
+    // after `retry:`, by which time the token has expired.
+    while token::unix_now() < exp as f64 {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let mut c = server.http();
     let r = c.open_events(&format!("/pns/poll?sid={}", pct(&tok)), &[]);
     assert_eq!(check_error(&r, 401), "token_expired");
