@@ -402,10 +402,7 @@ impl<S: Transport> Conn<S> {
         if close {
             self.set(CLOSE_AFTER, true);
         }
-        if delivered {
-            step.delivered += 1;
-            cx.observer.delivered(cx.hub, 1);
-        }
+        count_delivered(delivered, cx, step);
         cx.observer.response(cx.hub, out.answer(), served);
         step.answered += 1;
         let mut pos = 0;
@@ -619,8 +616,13 @@ impl<S: Transport> Conn<S> {
                             if self.has(READ_CLOSED) {
                                 break Next::Close;
                             }
-                            step.delivered += u32::from(delivered);
-                            break self.start_stream(Out::Own(bytes), park, cx, &mut step);
+                            count_delivered(delivered, cx, &mut step);
+                            // The stream's start is its one answer in the access log.
+                            let out = Out::Own(bytes);
+                            let served = Served::at_once(park.channels.len() as u8);
+                            cx.observer.response(cx.hub, out.answer(), served);
+                            step.answered += 1;
+                            break self.start_stream(out, park, cx, &mut step);
                         }
                         Outcome::Park(p) => {
                             if self.has(READ_CLOSED) {
@@ -712,6 +714,16 @@ impl<S: Transport> Conn<S> {
         }
         step.next = next;
         step
+    }
+}
+
+/// Counts an answer (or a stream's batch of events) that carries messages: in the step, and in
+/// the `delivered` counter before its bytes are written, so a client that reads them and then
+/// asks for the stats finds them counted. The one place `delivered` moves.
+pub(crate) fn count_delivered(delivered: bool, cx: &mut Ctx<'_>, step: &mut Step) {
+    if delivered {
+        step.delivered += 1;
+        cx.observer.delivered(cx.hub, 1);
     }
 }
 

@@ -74,7 +74,7 @@ impl<S: Transport> Conn<S> {
         if !self.is_parked() || !self.has(STREAM) {
             return step;
         }
-        step.delivered = u32::from(delivered);
+        count_delivered(delivered, cx, &mut step);
         match next {
             Some(seq) => self.after = seq,
             None => self.set(CLOSE_AFTER, true),
