@@ -15,6 +15,7 @@ use crate::client;
 use crate::config::{Config, DEFAULT_PUBLISH_SOCKET, MAX_TIMEOUT_SECS};
 use crate::query::valid_channel;
 use crate::reactor::MAX_LISTENERS;
+use crate::fleet::{FleetOptions, RedisUrl};
 
 /// Default lifetime of a minted token (contract: 3600 s).
 pub const DEFAULT_TOKEN_TTL: u64 = 3600;
@@ -93,6 +94,19 @@ const SERVE_USAGE: Usage = Usage {
         (
             "--cors-origin ORIGIN",
             "answer with CORS headers allowing ORIGIN [none]",
+        ),
+        (
+            "--redis URL",
+            "fleet mode: one log in Redis, redis://[user:pass@]host:port[/db] or redis+unix:///path [none]",
+        ),
+        ("--redis-prefix P", "prefix of every Redis key of this fleet [pnsd]"),
+        (
+            "--redis-maxlen N",
+            "entries the Redis log keeps, approximately (XADD MAXLEN ~) [1000000]",
+        ),
+        (
+            "--dedup-window SECS",
+            "how long a publish line's \"key\" is remembered against retries [600]",
         ),
         ("-h, --help", "print this and exit"),
     ],
@@ -236,12 +250,58 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Cmd, String> {
     }
 }
 
+/// The fleet options as given, applied once the loop has seen `--redis`.
+#[derive(Default)]
+struct FleetArgs {
+    url: Option<String>,
+    prefix: Option<String>,
+    maxlen: Option<u64>,
+    dedup_window_s: Option<u64>,
+}
+
+impl FleetArgs {
+    /// The fleet options, or `None` without `--redis`; companions without it are an error.
+    fn build(self) -> Result<Option<FleetOptions>, String> {
+        let Some(url) = self.url else {
+            if self.prefix.is_some() || self.maxlen.is_some() || self.dedup_window_s.is_some() {
+                return Err(
+                    "--redis-prefix, --redis-maxlen and --dedup-window need --redis URL".into(),
+                );
+            }
+            return Ok(None);
+        };
+        let mut f = FleetOptions::new(RedisUrl::parse(&url)?);
+        if let Some(p) = self.prefix {
+            f.prefix = p;
+        }
+        if let Some(n) = self.maxlen {
+            f.maxlen = n;
+        }
+        if let Some(w) = self.dedup_window_s {
+            f.dedup_window_s = w;
+        }
+        f.check()?;
+        Ok(Some(f))
+    }
+}
+
 fn parse_serve(p: &mut lexopt::Parser) -> Result<Cmd, String> {
     let mut c = Config::default();
     let mut listen: Vec<SocketAddr> = Vec::new();
+    let mut fleet = FleetArgs::default();
     while let Some(arg) = p.next().map_err(err)? {
         match arg {
             Long("help") | Short('h') => return Ok(Cmd::Help(SERVE_USAGE.text())),
+            Long("redis") => fleet.url = Some(text("--redis", p.value().map_err(err)?)?),
+            Long("redis-prefix") => {
+                fleet.prefix = Some(text("--redis-prefix", p.value().map_err(err)?)?)
+            }
+            Long("redis-maxlen") => {
+                fleet.maxlen = Some(num("--redis-maxlen", p.value().map_err(err)?)?)
+            }
+            Long("dedup-window") => {
+                fleet.dedup_window_s = Some(num("--dedup-window", p.value().map_err(err)?)?)
+            }
             Long("listen") => listen.push(addr(p.value().map_err(err)?)?),
             Long("publish-socket") => c.publish_socket = p.value().map_err(err)?.into(),
             Long("publish-socket-mode") => {
@@ -311,6 +371,7 @@ fn parse_serve(p: &mut lexopt::Parser) -> Result<Cmd, String> {
     if !listen.is_empty() {
         c.listen = listen;
     }
+    c.fleet = fleet.build()?;
     if c.listen.len() > MAX_LISTENERS {
         return Err(format!("at most {MAX_LISTENERS} --listen addresses"));
     }

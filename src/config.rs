@@ -6,6 +6,8 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use crate::fleet::FleetOptions;
+
 /// Defaults of the contract (PROTOCOL.md section 1).
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_PUBLISH_SOCKET: &str = "./pnsd.sock";
@@ -60,6 +62,8 @@ pub struct Config {
     pub idle_timeout_secs: u64,
     /// `--write-timeout`: seconds a client may take to read its answer.
     pub write_timeout_secs: u64,
+    /// `--redis` and its companions: fleet mode (`None`: the embedded local store).
+    pub fleet: Option<FleetOptions>,
 }
 
 impl Default for Config {
@@ -84,6 +88,17 @@ impl Default for Config {
             head_timeout_secs: DEFAULT_HEAD_TIMEOUT_SECS,
             idle_timeout_secs: DEFAULT_IDLE_TIMEOUT_SECS,
             write_timeout_secs: DEFAULT_WRITE_TIMEOUT_SECS,
+            fleet: None,
+        }
+    }
+}
+
+impl Config {
+    /// `local` or the Redis URL with its password masked: the `store` of the stats line.
+    pub fn store_name(&self) -> &str {
+        match &self.fleet {
+            Some(f) => f.url.display(),
+            None => "local",
         }
     }
 }

@@ -10,10 +10,11 @@
 //! pnsd is expressed on it; a `Clock::manual()` clock only moves when a test advances it.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{mpsc, Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Instant;
 
 use crate::config::Config;
+use crate::fleet::FeedState;
 use crate::stats::WaitingReply;
 use crate::store::Store;
 use crate::token::Secret;
@@ -95,6 +96,9 @@ pub enum Command {
     WaitingChannels(WaitingReply),
     /// Start the drain of section 6.
     Drain,
+    /// Fleet mode: the store took a new epoch (`new_epoch`) or lost entries to a gap: answer
+    /// every parked poll `reset:true` from the store as it now is.
+    Reset { new_epoch: bool },
 }
 
 /// How to reach one reactor.
@@ -132,6 +136,9 @@ pub struct Hub {
     /// One entry per reactor (`config.threads`), by reactor index.
     pub gauges: Box<[ReactorGauges]>,
     pub draining: AtomicBool,
+    /// Fleet mode: the feed's state (link, position, lag), set once at start; health and
+    /// stats read it. Unset in local mode.
+    pub fleet: OnceLock<Arc<FeedState>>,
     store: RwLock<Store>,
 }
 
@@ -154,6 +161,7 @@ impl Hub {
             counters: Counters::default(),
             gauges,
             draining: AtomicBool::new(false),
+            fleet: OnceLock::new(),
             store: RwLock::new(store),
         }
     }
@@ -166,6 +174,11 @@ impl Hub {
 
     pub fn write(&self) -> RwLockWriteGuard<'_, Store> {
         self.store.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Fleet mode's feed state, `None` in local mode.
+    pub fn feed(&self) -> Option<&FeedState> {
+        self.fleet.get().map(|f| &**f)
     }
 
     pub fn is_draining(&self) -> bool {

@@ -88,6 +88,9 @@ enum Why<'a> {
     HoldOver,
     /// The drain: c = 0 at its own cursor, never advancing it past anything not given.
     Drain,
+    /// Fleet mode: the store took a new epoch (`new_epoch`: the cursor means nothing now, read
+    /// from the start) or lost entries below every parked cursor: answer `reset:true`.
+    Reset { new_epoch: bool },
 }
 
 /// One shared encoding per (channel, cursor, close) and whether it carries messages;
@@ -100,19 +103,17 @@ pub struct Parked {
     shared: Shared,
     /// Scratch list of the subscribers woken by one channel.
     keys: Vec<u32>,
-    epoch: u64,
     /// This reactor's index in `hub.gauges`.
     gauge: usize,
 }
 
 impl Parked {
     /// An index with room for `capacity` single-channel polls, for reactor `gauge`.
-    pub fn new(capacity: usize, epoch: u64, gauge: usize) -> Parked {
+    pub fn new(capacity: usize, gauge: usize) -> Parked {
         Parked {
             waiters: Waiters::with_capacity(capacity),
             shared: HashMap::new(),
             keys: Vec::new(),
-            epoch,
             gauge,
         }
     }
@@ -212,6 +213,18 @@ impl Parked {
         self.answer_all(keys, Why::Drain, subs, cx, steps);
     }
 
+    /// Fleet mode: answers every one of `keys` (the parked subscribers) `reset:true`.
+    pub fn on_reset<C: Subscriber>(
+        &mut self,
+        keys: &[u32],
+        new_epoch: bool,
+        subs: &mut Slab<C>,
+        cx: &mut Ctx<'_>,
+        steps: &mut Vec<(u32, Step)>,
+    ) {
+        self.answer_all(keys, Why::Reset { new_epoch }, subs, cx, steps);
+    }
+
     /// Answers each of `keys` for `why`, sharing encodings between them.
     fn answer_all<C: Subscriber>(
         &mut self,
@@ -297,16 +310,26 @@ impl Parked {
         cx: &Ctx<'_>,
     ) -> Option<(Answer, bool)> {
         let cors = cx.hub.config.cors_origin.as_deref();
+        // The epoch is the store's: in fleet mode it changes at run time (`Why::Reset`).
+        let store = cx.hub.read();
+        let epoch = store.epoch();
         if matches!(why, Why::Drain) {
-            return Some((poll::empty_answer(self.epoch, after, close, cors), false));
+            return Some((poll::empty_answer(epoch, after, close, cors), false));
         }
-        let found = cx.hub.read().read(channels, after, cx.now, MAX_PER_ANSWER);
+        let (after, forced) = match why {
+            Why::Reset { new_epoch: true } => (0, true),
+            Why::Reset { new_epoch: false } => (after, true),
+            _ => (after, false),
+        };
+        let mut found = store.read(channels, after, cx.now, MAX_PER_ANSWER);
+        drop(store);
+        found.reset |= forced;
         if found.messages.is_empty() && !found.reset && matches!(why, Why::Published { .. }) {
             return None;
         }
         let delivered = !found.messages.is_empty();
         Some((
-            answer::encode(&found, channels, self.epoch, close, cors),
+            answer::encode(&found, channels, epoch, close, cors),
             delivered,
         ))
     }
@@ -369,7 +392,7 @@ mod tests {
         fn new() -> World {
             let hub = Hub::new(Config::default(), 100, None, 9);
             World {
-                parked: Parked::new(16, 9, 0),
+                parked: Parked::new(16, 0),
                 hub,
                 pool: BufferPool::new(16, 1),
                 subs: Slab::new(),

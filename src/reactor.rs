@@ -128,7 +128,6 @@ impl Reactor {
             .next_power_of_two()
             .clamp(1024, 1 << 16);
         let now = clock.now_ms();
-        let epoch = hub.read().epoch();
         // Capacities fixed at start: the slab's virtual size is the connection limit; pages are
         // touched only as connections arrive.
         let capacity = hub.max_connections.min(1 << 20);
@@ -138,7 +137,7 @@ impl Reactor {
             listeners,
             conns: Slab::with_capacity(capacity),
             wheel: HoldWheel::new(slots, tick_up(now)),
-            parked: Parked::new(capacity, epoch, index),
+            parked: Parked::new(capacity, index),
             pool: BufferPool::new(MAX_HEAD, POOL_KEEP),
             hub,
             clock,
@@ -406,6 +405,7 @@ impl Reactor {
                     let _ = reply.send(self.parked.channel_names().map(Box::from).collect());
                 }
                 Ok(Command::Drain) => self.drain(),
+                Ok(Command::Reset { new_epoch }) => self.reset_parked(new_epoch),
                 Err(TryRecvError::Empty) => return,
                 Err(TryRecvError::Disconnected) => {
                     if self.drain_until.is_none() {
@@ -415,6 +415,22 @@ impl Reactor {
                 }
             }
         }
+    }
+
+    /// Fleet mode: answers every parked poll `reset:true` (see `Command::Reset`).
+    fn reset_parked(&mut self, new_epoch: bool) {
+        let keys: Vec<u32> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.is_parked())
+            .map(|(k, _)| k as u32)
+            .collect();
+        let mut steps = std::mem::take(&mut self.steps);
+        let (mut cx, conns) = (cx!(self), &mut self.conns);
+        self.parked
+            .on_reset(&keys, new_epoch, conns, &mut cx, &mut steps);
+        self.apply_all(&mut steps);
+        self.steps = steps;
     }
 
     /// Section 6: stop accepting, answer every parked poll c=0 without advancing its cursor,

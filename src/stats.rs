@@ -20,6 +20,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
+use crate::fleet::{FeedState, FeedStats};
 use crate::hub::{Command, Hub, ReactorLink};
 
 /// How long a stats request waits for the reactors' replies; a reactor stuck longer than
@@ -27,7 +28,7 @@ use crate::hub::{Command, Hub, ReactorLink};
 pub const STATS_WAIT: Duration = Duration::from_secs(1);
 
 /// The figures of the stats line, in its field order.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Figures {
     pub connections: usize,
     pub parked: usize,
@@ -35,6 +36,10 @@ pub struct Figures {
     pub messages: usize,
     pub published: u64,
     pub delivered: u64,
+    /// `local`, or the Redis URL (password masked) in fleet mode.
+    pub store: String,
+    /// Fleet mode: the feed's link and position (`redis_*` fields).
+    pub fleet: Option<FeedStats>,
 }
 
 impl Figures {
@@ -52,6 +57,20 @@ impl Figures {
             )
             .as_bytes(),
         );
+        // After the contract's fields, before the closing brace and newline.
+        out.truncate(out.len() - 2);
+        out.extend_from_slice(b",\"store\":");
+        crate::response::json_string(out, &self.store);
+        if let Some(f) = &self.fleet {
+            out.extend_from_slice(
+                format!(
+                    ",\"redis_connected\":{},\"redis_last_seq\":{},\"redis_lag\":{},\"redis_reconnects\":{}",
+                    f.connected, f.last_seq, f.lag, f.reconnects
+                )
+                .as_bytes(),
+            );
+        }
+        out.extend_from_slice(b"}\n");
     }
 }
 
@@ -218,6 +237,8 @@ fn figures(hub: &Hub, counted: &Counted, waiting: &HashSet<Box<str>>) -> Figures
         messages: s.messages,
         published: s.published,
         delivered: counted.delivered,
+        store: hub.config.store_name().to_string(),
+        fleet: hub.feed().map(FeedState::stats),
     }
 }
 
@@ -258,12 +279,31 @@ mod tests {
             messages: 4,
             published: 5,
             delivered: 6,
+            store: "local".into(),
+            fleet: None,
         }
         .write_line(&mut out);
         assert_eq!(
             out,
-            b"{\"ok\":true,\"connections\":1,\"parked\":2,\"channels\":3,\"messages\":4,\"published\":5,\"delivered\":6}\n"
+            b"{\"ok\":true,\"connections\":1,\"parked\":2,\"channels\":3,\"messages\":4,\"published\":5,\"delivered\":6,\"store\":\"local\"}\n"
         );
+        let mut out = Vec::new();
+        let fleet = FeedStats {
+            connected: true,
+            epoch: 9,
+            last_seq: 7,
+            lag: 2,
+            reconnects: 1,
+        };
+        Figures {
+            store: "redis://h:1".into(),
+            fleet: Some(fleet),
+            ..Figures::default()
+        }
+        .write_line(&mut out);
+        assert!(out.ends_with(
+            b",\"store\":\"redis://h:1\",\"redis_connected\":true,\"redis_last_seq\":7,\"redis_lag\":2,\"redis_reconnects\":1}\n"
+        ));
     }
 
     #[test]
@@ -275,6 +315,7 @@ mod tests {
                 channels: vec![Box::from("held"), Box::from("both")].into(),
                 kind: None,
                 data: "1".into(),
+                key: None,
             })
             .expect("accepted");
         hub.counters.parked.store(3, Ordering::Relaxed);

@@ -7,6 +7,14 @@
 //! Invariants:
 //! - `last_seq` is the sequence number of the newest accepted message; messages get
 //!   `last_seq + 1` in acceptance order: one global order per run. A refused publish uses no seq.
+//!   In fleet mode the seqs come from the fleet's log instead (`append_at`): increasing, with
+//!   holes only where the log held nothing for this node (a gap, below).
+//! - `lost_upto` is the highest seq this store may have missed on any channel (a gap in the
+//!   fleet's log, the start of an epoch's backfill, an entry the channel limit kept out): a
+//!   read whose cursor is below it is told `reset`, on every channel. Never a silent skip.
+//! - `take_epoch` voids everything held: the store starts over under the new epoch.
+//! - Expiry times never decrease along the seq order (`last_expires_ms` clamps an entry whose
+//!   fleet time would put it before the previous one).
 //! - Each `ChannelBuffer`'s ring is sorted by `seq` and holds at most `buffer` messages. A
 //!   message published to several channels is one `Arc<Message>` shared by their rings.
 //! - At most `max_channels` channels are held; a publish that would create more is refused as a
@@ -176,6 +184,8 @@ pub struct StoreStats {
 pub enum PublishRefused {
     /// Accepting it would hold more than `max` channels.
     TooManyChannels { max: usize },
+    /// Fleet mode: entry `seq` is not above the newest held.
+    OutOfOrder { seq: u64 },
 }
 
 impl fmt::Display for PublishRefused {
@@ -185,6 +195,9 @@ impl fmt::Display for PublishRefused {
                 f,
                 "channel limit reached: publishing would hold more than {max} channels (--max-channels)"
             ),
+            PublishRefused::OutOfOrder { seq } => {
+                write!(f, "log entry {seq} is not above the newest held")
+            }
         }
     }
 }
@@ -196,6 +209,8 @@ impl std::error::Error for PublishRefused {}
 pub struct Store {
     epoch: u64,
     last_seq: u64,
+    lost_upto: u64,
+    last_expires_ms: u64,
     buffer: usize,
     ttl_ms: u64,
     max_channels: usize,
@@ -217,6 +232,8 @@ impl Store {
         Store {
             epoch,
             last_seq: 0,
+            lost_upto: 0,
+            last_expires_ms: 0,
             buffer: buffer.max(1),
             ttl_ms,
             max_channels: max_channels.max(1),
@@ -236,6 +253,11 @@ impl Store {
 
     pub fn last_seq(&self) -> u64 {
         self.last_seq
+    }
+
+    /// `--message-ttl` in ms.
+    pub fn ttl_ms(&self) -> u64 {
+        self.ttl_ms
     }
 
     fn bucket(&self, name: &str) -> usize {
@@ -287,6 +309,58 @@ impl Store {
         data: &str,
         now_ms: u64,
     ) -> Result<Arc<Message>, PublishRefused> {
+        self.make_room(&channels, now_ms)?;
+        let seq = self.last_seq + 1;
+        Ok(self.insert(seq, channels, kind, data, now_ms.saturating_add(self.ttl_ms)))
+    }
+
+    /// Fleet mode: appends the log's entry `seq` (above `last_seq`), expiring at `expires_ms`.
+    /// An entry the channel limit keeps out is not held: every cursor below it is reset
+    /// instead (`lost_upto`), so its loss is announced. Returns the message when held.
+    pub fn append_at(
+        &mut self,
+        seq: u64,
+        channels: Box<[Box<str>]>,
+        kind: Option<i64>,
+        data: &str,
+        now_ms: u64,
+        expires_ms: u64,
+    ) -> Result<Arc<Message>, PublishRefused> {
+        if seq <= self.last_seq {
+            // Not reached: the feed hands each seq once, increasing. Holding it twice would
+            // break the rings' order, so it is dropped.
+            return Err(PublishRefused::OutOfOrder { seq });
+        }
+        if let Err(e) = self.make_room(&channels, now_ms) {
+            self.lose_upto(seq);
+            return Err(e);
+        }
+        Ok(self.insert(seq, channels, kind, data, expires_ms))
+    }
+
+    /// Fleet mode: entries up to `seq` may have been missed on any channel (see `lost_upto`).
+    pub fn lose_upto(&mut self, seq: u64) {
+        self.lost_upto = self.lost_upto.max(seq);
+        self.last_seq = self.last_seq.max(seq);
+    }
+
+    /// Fleet mode: the fleet's epoch is now `epoch` and the log is read after `start_seq`.
+    /// Everything held is void; cursors of this epoch below `start_seq` are reset.
+    pub fn take_epoch(&mut self, epoch: u64, start_seq: u64) {
+        let fresh = Store::new(epoch, self.buffer, self.ttl_ms, self.max_channels);
+        let old = std::mem::replace(self, fresh);
+        self.published = old.published;
+        self.last_seq = start_seq;
+        self.lost_upto = start_seq;
+        // Freed off the lock holder's thread, as a retired index is.
+        let _ = std::thread::Builder::new()
+            .name("pnsd-free".into())
+            .spawn(move || drop(old));
+    }
+
+    /// Checks the channel limit for a publish to `channels` (sweeping what is due first when
+    /// it looks reached).
+    fn make_room(&mut self, channels: &[Box<str>], now_ms: u64) -> Result<(), PublishRefused> {
         if self.held_count() + channels.len() > self.max_channels {
             let mut fresh = self.new_channels(&channels);
             if self.held_count() + fresh > self.max_channels {
@@ -300,10 +374,24 @@ impl Store {
                 });
             }
         }
-        self.last_seq += 1;
+        Ok(())
+    }
+
+    /// Holds message `seq` (above `last_seq`) on its channels, evicting the oldest beyond
+    /// `buffer`.
+    fn insert(
+        &mut self,
+        seq: u64,
+        channels: Box<[Box<str>]>,
+        kind: Option<i64>,
+        data: &str,
+        expires_ms: u64,
+    ) -> Arc<Message> {
+        self.last_seq = seq;
         self.published += 1;
         self.messages += 1;
-        let seq = self.last_seq;
+        let expires_ms = expires_ms.max(self.last_expires_ms);
+        self.last_expires_ms = expires_ms;
         let mut head = String::with_capacity(24 + cursor::MAX_LEN);
         head.push_str("{\"id\":\"");
         cursor::encode_into(&mut head, self.epoch, seq);
@@ -320,7 +408,7 @@ impl Store {
             seq,
             held: AtomicU32::new(channels.len() as u32),
             channels,
-            expires_ms: now_ms.saturating_add(self.ttl_ms),
+            expires_ms,
             head: head.into_boxed_str(),
             tail: tail.into_boxed_str(),
         });
@@ -351,7 +439,7 @@ impl Store {
             buf.ring.push_back(msg.clone());
         }
         self.free_retired_if_empty();
-        Ok(msg)
+        msg
     }
 
     /// Drops at most `max` expired messages from their rings (a channel's turn that drops none
@@ -434,10 +522,12 @@ impl Store {
         now_ms: u64,
         limit: usize,
     ) -> Found {
+        // A cursor ahead of this store (fleet mode: another node is further along the log)
+        // is answered with itself, never moved back.
         let mut found = Found {
             messages: Vec::new(),
-            reset: false,
-            last_seq: self.last_seq,
+            reset: after < self.lost_upto,
+            last_seq: self.last_seq.max(after),
         };
         if after >= self.last_seq {
             return found;
