@@ -13,9 +13,9 @@ use serde_json::value::RawValue;
 
 use crate::client;
 use crate::config::{Config, DEFAULT_PUBLISH_SOCKET, MAX_TIMEOUT_SECS};
+use crate::fleet::{FleetOptions, RedisUrl};
 use crate::query::valid_channel;
 use crate::reactor::MAX_LISTENERS;
-use crate::fleet::{FleetOptions, RedisUrl};
 
 /// Default lifetime of a minted token (contract: 3600 s).
 pub const DEFAULT_TOKEN_TTL: u64 = 3600;
@@ -371,7 +371,7 @@ fn parse_serve(p: &mut lexopt::Parser) -> Result<Cmd, String> {
     if !listen.is_empty() {
         c.listen = listen;
     }
-    c.fleet = fleet.build()?;
+    c.fleet = fleet.build()?.map(Box::new);
     if c.listen.len() > MAX_LISTENERS {
         return Err(format!("at most {MAX_LISTENERS} --listen addresses"));
     }
@@ -600,6 +600,32 @@ mod tests {
         assert_eq!(serve("--max-publishers 3").max_publishers, 3);
         let c = serve("--listen 0.0.0.0:0 --secret-file /x");
         assert!(c.secret_file.is_some());
+    }
+
+    #[test]
+    fn fleet_options() {
+        assert!(serve("").fleet.is_none());
+        let c =
+            serve("--redis redis://u:pw@h:7/2 --redis-prefix p1 --redis-maxlen 9 --dedup-window 5");
+        let f = c.fleet.expect("fleet options");
+        assert_eq!(
+            (f.prefix.as_str(), f.maxlen, f.dedup_window_s),
+            ("p1", 9, 5)
+        );
+        assert_eq!(f.url.display(), "redis://u:***@h:7/2");
+        let f = serve("--redis redis+unix:///run/r.sock")
+            .fleet
+            .expect("fleet");
+        assert_eq!(f.maxlen, crate::fleet::DEFAULT_MAXLEN);
+        assert_eq!(f.dedup_window_s, crate::fleet::DEFAULT_DEDUP_WINDOW_S);
+        for bad in [
+            "--redis-maxlen 5",
+            "--redis ftp://h",
+            "--redis redis://h:1 --redis-maxlen 0",
+            "--redis redis://h:1 --dedup-window x",
+        ] {
+            assert!(parse_str(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -63,7 +63,7 @@ pub struct Config {
     /// `--write-timeout`: seconds a client may take to read its answer.
     pub write_timeout_secs: u64,
     /// `--redis` and its companions: fleet mode (`None`: the embedded local store).
-    pub fleet: Option<FleetOptions>,
+    pub fleet: Option<Box<FleetOptions>>,
 }
 
 impl Default for Config {

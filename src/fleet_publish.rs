@@ -64,7 +64,10 @@ impl FleetRoute {
         let results = self.publisher.publish(&self.run);
         self.run.clear();
         // One wait covers the run: entries of one epoch are applied in seq order.
-        let newest = results.iter().filter_map(|r| r.as_ref().ok()).max_by_key(|p| p.seq);
+        let newest = results
+            .iter()
+            .filter_map(|r| r.as_ref().ok())
+            .max_by_key(|p| p.seq);
         let applied = newest.map(|p| self.feed.wait_applied(p.epoch, p.seq, self.visible_within));
         let mut id = String::with_capacity(cursor::MAX_LEN);
         for r in results {

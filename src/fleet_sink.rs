@@ -60,7 +60,10 @@ impl FeedSink for StoreSink {
                 // A clock behind Redis's makes an entry look new: it is kept for the TTL.
                 let age = now.saturating_sub(e.time_ms);
                 if let Err(why) = batch.append_at(e.seq, p, age) {
-                    warn!("log entry {} is not held here: {why}; older cursors are reset", e.seq);
+                    warn!(
+                        "log entry {} is not held here: {why}; older cursors are reset",
+                        e.seq
+                    );
                     lost = Some(e.seq);
                 }
             }

@@ -182,14 +182,16 @@ impl Batch<'_> {
             }
         };
         let now = ingest.hub.clock.now_ms();
-        let result = f(store, now).map_err(|e| Refused(e.to_string())).map(|msg| {
-            let accepted = Accepted {
-                epoch: store.epoch(),
-                seq: msg.seq,
-            };
-            self.pending.push(msg);
-            accepted
-        });
+        let result = f(store, now)
+            .map_err(|e| Refused(e.to_string()))
+            .map(|msg| {
+                let accepted = Accepted {
+                    epoch: store.epoch(),
+                    seq: msg.seq,
+                };
+                self.pending.push(msg);
+                accepted
+            });
         self.in_slice += 1;
         if self.in_slice >= SLICE_PUBLISHES || self.held_since.elapsed() >= SLICE_TIME {
             self.finish();

@@ -383,7 +383,7 @@ pub fn serve(config: Config) -> Result<(), StartError> {
     let (mut publisher, publisher_link) = Publisher::new(publish_listener, ingest.clone())
         .map_err(|e| StartError::Runtime(format!("cannot start the publish thread: {e}")))?;
     // Fleet mode: the feed fills the store from the log before any poll is served.
-    let feed = match hub.config.fleet.clone() {
+    let feed = match hub.config.fleet.as_deref().cloned() {
         Some(opts) => {
             let ttl_ms = hub.config.message_ttl_secs.saturating_mul(1000);
             let sink = Arc::new(StoreSink::new(ingest));

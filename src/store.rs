@@ -311,7 +311,13 @@ impl Store {
     ) -> Result<Arc<Message>, PublishRefused> {
         self.make_room(&channels, now_ms)?;
         let seq = self.last_seq + 1;
-        Ok(self.insert(seq, channels, kind, data, now_ms.saturating_add(self.ttl_ms)))
+        Ok(self.insert(
+            seq,
+            channels,
+            kind,
+            data,
+            now_ms.saturating_add(self.ttl_ms),
+        ))
     }
 
     /// Fleet mode: appends the log's entry `seq` (above `last_seq`), expiring at `expires_ms`.
@@ -362,11 +368,11 @@ impl Store {
     /// it looks reached).
     fn make_room(&mut self, channels: &[Box<str>], now_ms: u64) -> Result<(), PublishRefused> {
         if self.held_count() + channels.len() > self.max_channels {
-            let mut fresh = self.new_channels(&channels);
+            let mut fresh = self.new_channels(channels);
             if self.held_count() + fresh > self.max_channels {
                 // The sweep may merely be behind: free what is due, then look again.
                 self.expire(now_ms, SWEEP_BEFORE_REFUSING);
-                fresh = self.new_channels(&channels);
+                fresh = self.new_channels(channels);
             }
             if self.held_count() + fresh > self.max_channels {
                 return Err(PublishRefused::TooManyChannels {
@@ -622,6 +628,63 @@ mod tests {
             messages: 2,
             channels: 2,
         }
+    }
+
+    #[test]
+    fn fleet_appends_keep_the_logs_seqs_and_a_gap_resets_every_older_cursor() {
+        let mut s = Store::new(5, 64, 1000, 10);
+        let m = s.append_at(3, chans(&["a"]), None, "1", 0, 900).unwrap();
+        assert_eq!((m.seq, m.expires_ms, s.last_seq()), (3, 900, 3));
+        // An older entry time never makes expiry go back along the seq order.
+        let m = s.append_at(4, chans(&["b"]), None, "2", 0, 100).unwrap();
+        assert_eq!(m.expires_ms, 900);
+        assert!(s.append_at(4, chans(&["a"]), None, "x", 0, 900).is_err());
+        let f = s.read(&["a"], 2, 0, 100);
+        assert_eq!((seqs(&f), f.reset), (vec![3], false));
+        // A cursor ahead of this store is answered with itself, never moved back.
+        let f = s.read(&["a"], 9, 0, 100);
+        assert_eq!((f.last_seq, f.reset, f.messages.len()), (9, false, 0));
+
+        s.lose_upto(8);
+        s.append_at(9, chans(&["a"]), None, "3", 0, 900).unwrap();
+        for (after, reset) in [(3, true), (7, true), (8, false)] {
+            // On every channel, held or not.
+            for ch in ["a", "b", "never"] {
+                assert_eq!(
+                    s.read(&[ch], after, 0, 100).reset,
+                    reset,
+                    "{ch} after {after}"
+                );
+            }
+        }
+        assert_eq!(seqs(&s.read(&["a"], 3, 0, 100)), vec![9]);
+    }
+
+    #[test]
+    fn the_channel_limit_in_fleet_mode_loses_the_entry_loudly() {
+        let mut s = Store::new(5, 64, 1000, 1);
+        s.append_at(1, chans(&["a"]), None, "1", 0, 900).unwrap();
+        assert!(s.append_at(2, chans(&["b"]), None, "2", 0, 900).is_err());
+        assert_eq!(s.last_seq(), 2);
+        assert!(s.read(&["b"], 1, 0, 100).reset);
+        assert!(!s.read(&["b"], 2, 0, 100).reset);
+    }
+
+    #[test]
+    fn a_new_epoch_voids_what_was_held() {
+        let mut s = Store::new(5, 64, 1000, 10);
+        s.append_at(1, chans(&["a"]), None, "1", 0, 900).unwrap();
+        s.take_epoch(6, 4);
+        assert_eq!((s.epoch(), s.last_seq()), (6, 4));
+        assert_eq!(s.stats().messages, 0);
+        assert_eq!(s.stats().published, 1);
+        assert!(
+            s.read(&["a"], 3, 0, 100).reset,
+            "below the new epoch's start"
+        );
+        let m = s.append_at(5, chans(&["a"]), None, "2", 0, 900).unwrap();
+        assert!(m.head().contains(&cursor::encode(6, 5)));
+        assert_eq!(seqs(&s.read(&["a"], 4, 0, 100)), vec![5]);
     }
 
     #[test]

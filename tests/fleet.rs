@@ -17,8 +17,7 @@ use std::time::{Duration, Instant};
 
 use common::redis_server::RedisServer;
 use common::{
-    ack_id, check_poll, error_text, poll_target, startup_store, PollAnswer, Server,
-    DEADLINE,
+    ack_id, check_poll, error_text, poll_target, startup_store, PollAnswer, Server, DEADLINE,
 };
 use serde_json::Value;
 
@@ -38,7 +37,10 @@ fn wait_stats(n: &Server, what: &str, f: impl Fn(&Value) -> bool) -> Value {
         if f(&s) {
             return s;
         }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}: {s}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {s}"
+        );
         thread::sleep(Duration::from_millis(20));
     }
 }
@@ -61,7 +63,10 @@ fn epoch_of(cursor: &str) -> &str {
 
 /// One `hold=0` poll.
 fn poll_now(n: &Server, channels: &[&str], cursor: &str) -> PollAnswer {
-    check_poll(&n.http().request(&poll_target(channels, Some(cursor), Some(0))))
+    check_poll(
+        &n.http()
+            .request(&poll_target(channels, Some(cursor), Some(0))),
+    )
 }
 
 /// Every message after `cursor`, polling until an empty answer; asserts no reset.
@@ -102,7 +107,7 @@ fn a_publish_on_one_node_answers_a_poll_parked_on_the_other_and_cursors_travel()
     b.wait_parked(1);
     let id = a.publish("news", r#"{"i":1}"#);
     let got = check_poll(&parked.read_response());
-    assert_eq!(got.ids(), [id.clone()]);
+    assert_eq!(got.ids(), std::slice::from_ref(&id));
     assert_eq!(got.msgs[0]["data"]["i"], 1);
 
     // A cursor from A continues exactly on B, and the other way round.
@@ -182,7 +187,10 @@ fn a_node_killed_and_started_again_continues_its_clients_cursors() {
     assert!(!got.reset, "reset after a restart: {}", got.body);
     assert_eq!(got.ids(), missed);
     // And the oldest cursor too: everything, no gap.
-    assert_eq!(data_numbers(&read_all(&b2, "c", &start)), [0, 1, 2, 3, 4, 5]);
+    assert_eq!(
+        data_numbers(&read_all(&b2, "c", &start)),
+        [0, 1, 2, 3, 4, 5]
+    );
 }
 
 #[test]
@@ -206,7 +214,9 @@ fn flushall_gives_a_new_epoch_and_resets_old_cursors_and_parked_polls() {
     // A publish after the flush gets the new epoch (after the nodes took it) and an old
     // cursor is reset, never silently moved.
     let new_epoch = epoch_of(&r.cursor).to_string();
-    wait_stats(&a, "a on the new epoch", |_| epoch_of(&a.cursor_now("f")) == new_epoch);
+    wait_stats(&a, "a on the new epoch", |_| {
+        epoch_of(&a.cursor_now("f")) == new_epoch
+    });
     let id = a.publish("f", r#"{"i":2}"#);
     assert_eq!(epoch_of(&id), new_epoch);
     assert_eq!(seq_of(&id), 1);
@@ -244,7 +254,11 @@ fn while_redis_is_down_health_is_503_publishes_fail_at_once_and_parked_polls_sta
     assert!(s["redis_reconnects"].as_u64() >= Some(1), "{s}");
     assert_eq!(a.http().request("/pns/health").status, 200);
     let id = a.publish("d", r#"{"i":2}"#);
-    assert_eq!(epoch_of(&id), epoch_of(&start), "the data came back: same epoch");
+    assert_eq!(
+        epoch_of(&id),
+        epoch_of(&start),
+        "the data came back: same epoch"
+    );
     let got = check_poll(&parked.read_response());
     assert!(!got.reset);
     assert_eq!(got.ids(), [id]);
@@ -260,7 +274,11 @@ type Outcomes = Arc<Mutex<Vec<(u64, Result<String, String>)>>>;
 
 /// Publishes `{"i":n}` on `channel` with key `k<n>` for n = 0, 1, ... one line at a time until
 /// `stop`; records each outcome.
-fn publish_stream(n: &Server, channel: &str, stop: Arc<AtomicBool>) -> (thread::JoinHandle<()>, Outcomes) {
+fn publish_stream(
+    n: &Server,
+    channel: &str,
+    stop: Arc<AtomicBool>,
+) -> (thread::JoinHandle<()>, Outcomes) {
     let out: Outcomes = Arc::default();
     let mut p = n.publisher();
     let (out2, channel) = (out.clone(), channel.to_string());
@@ -293,7 +311,12 @@ fn redis_killed_during_publishes_reconciles_acks_refusals_and_deliveries_on_ever
     let stop = Arc::new(AtomicBool::new(false));
     let (h, outcomes) = publish_stream(&a, "s", stop.clone());
     let count = |f: &dyn Fn(&Result<String, String>) -> bool| {
-        outcomes.lock().unwrap().iter().filter(|(_, r)| f(r)).count()
+        outcomes
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, r)| f(r))
+            .count()
     };
     wait_until("some acks", || count(&|r| r.is_ok()) >= 20);
     redis.kill();
@@ -301,7 +324,9 @@ fn redis_killed_during_publishes_reconciles_acks_refusals_and_deliveries_on_ever
     thread::sleep(Duration::from_secs(2));
     redis.restart();
     let acked_before = count(&|r| r.is_ok());
-    wait_until("acks after the restart", || count(&|r| r.is_ok()) >= acked_before + 20);
+    wait_until("acks after the restart", || {
+        count(&|r| r.is_ok()) >= acked_before + 20
+    });
     stop.store(true, Ordering::Relaxed);
     h.join().unwrap();
 
@@ -315,7 +340,10 @@ fn redis_killed_during_publishes_reconciles_acks_refusals_and_deliveries_on_ever
         .filter(|(_, r)| r.as_ref().is_err_and(|e| e.starts_with("not sent")))
         .map(|(i, _)| *i)
         .collect();
-    assert!(!not_sent.is_empty(), "no line was refused while Redis was down");
+    assert!(
+        !not_sent.is_empty(),
+        "no line was refused while Redis was down"
+    );
     let last = acked.values().map(|id| seq_of(id)).max().unwrap();
     for n in [&a, &b] {
         wait_seq(n, last);
@@ -329,10 +357,21 @@ fn redis_killed_during_publishes_reconciles_acks_refusals_and_deliveries_on_ever
                 assert_eq!(m["id"].as_str(), Some(id.as_str()), "line {i}'s id");
             }
         }
-        let ids: Vec<u64> = got.iter().map(|m| seq_of(m["id"].as_str().unwrap())).collect();
-        assert!(ids.windows(2).all(|w| w[0] < w[1]), "out of order on {}", n.addr);
+        let ids: Vec<u64> = got
+            .iter()
+            .map(|m| seq_of(m["id"].as_str().unwrap()))
+            .collect();
+        assert!(
+            ids.windows(2).all(|w| w[0] < w[1]),
+            "out of order on {}",
+            n.addr
+        );
         for i in acked.keys() {
-            assert!(seen.contains(i), "acked line {i} not delivered on {}", n.addr);
+            assert!(
+                seen.contains(i),
+                "acked line {i} not delivered on {}",
+                n.addr
+            );
         }
     }
 }
@@ -403,7 +442,11 @@ fn a_node_stopped_past_maxlen_gets_reset_never_a_silent_gap() {
     wait_seq(&b, seq_of(&last));
     for c in [&start, &first] {
         let again = poll_now(&b, &["m"], c);
-        assert!(again.reset, "cursor {c} below the gap not reset: {}", again.body);
+        assert!(
+            again.reset,
+            "cursor {c} below the gap not reset: {}",
+            again.body
+        );
     }
     // After the gap, cursors continue normally.
     let next = a.publish("m", r#"{"i":2000}"#);
@@ -420,13 +463,26 @@ fn bad_fleet_options_exit_2_with_one_line() {
         (&["--redis", "http://x"][..], "--redis"),
         (&["--redis", "rediss://h:1"][..], "--redis"),
         (&["--redis-prefix", "p"][..], "need --redis"),
-        (&["--redis", "redis://h:1", "--redis-maxlen", "0"][..], "--redis-maxlen"),
-        (&["--redis", "redis://h:1", "--dedup-window", "0"][..], "--dedup-window"),
-        (&["--redis", "redis://h:1", "--redis-prefix", "a b"][..], "--redis-prefix"),
+        (
+            &["--redis", "redis://h:1", "--redis-maxlen", "0"][..],
+            "--redis-maxlen",
+        ),
+        (
+            &["--redis", "redis://h:1", "--dedup-window", "0"][..],
+            "--dedup-window",
+        ),
+        (
+            &["--redis", "redis://h:1", "--redis-prefix", "a b"][..],
+            "--redis-prefix",
+        ),
     ] {
         let run = common::run_pnsd(args, &dir.path);
         assert_eq!(run.code(), Some(2), "{args:?}: {}", run.stderr);
-        assert!(run.one_stderr_line().contains(says), "{args:?}: {}", run.stderr);
+        assert!(
+            run.one_stderr_line().contains(says),
+            "{args:?}: {}",
+            run.stderr
+        );
     }
 }
 
