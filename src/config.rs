@@ -62,6 +62,10 @@ pub struct Config {
     pub idle_timeout_secs: u64,
     /// `--write-timeout`: seconds a client may take to read its answer.
     pub write_timeout_secs: u64,
+    /// `--metrics-listen`: where `GET /metrics` is served (off when `None`).
+    pub metrics_listen: Option<SocketAddr>,
+    /// `--access-log`: the access log's file, `-` for stderr (off when `None`).
+    pub access_log: Option<PathBuf>,
     /// `--redis` and its companions: fleet mode (`None`: the embedded local store).
     pub fleet: Option<Box<FleetOptions>>,
 }
@@ -88,6 +92,8 @@ impl Default for Config {
             head_timeout_secs: DEFAULT_HEAD_TIMEOUT_SECS,
             idle_timeout_secs: DEFAULT_IDLE_TIMEOUT_SECS,
             write_timeout_secs: DEFAULT_WRITE_TIMEOUT_SECS,
+            metrics_listen: None,
+            access_log: None,
             fleet: None,
         }
     }

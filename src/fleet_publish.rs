@@ -56,10 +56,11 @@ impl FleetRoute {
         });
     }
 
-    /// Sends the queued run and writes one answer line per line to `out`, in order.
-    pub fn flush(&mut self, out: &mut Vec<u8>) {
+    /// Sends the queued run and writes one answer line per line to `out`, in order; returns
+    /// the number of `ok:false` lines written.
+    pub fn flush(&mut self, out: &mut Vec<u8>) -> u64 {
         if self.run.is_empty() {
-            return;
+            return 0;
         }
         let results = self.publisher.publish(&self.run);
         self.run.clear();
@@ -70,7 +71,9 @@ impl FleetRoute {
             .max_by_key(|p| p.seq);
         let applied = newest.map(|p| self.feed.wait_applied(p.epoch, p.seq, self.visible_within));
         let mut id = String::with_capacity(cursor::MAX_LEN);
+        let mut errors = 0;
         for r in results {
+            errors += u64::from(!matches!((&r, applied), (Ok(_), Some(Applied::Yes))));
             match (r, applied) {
                 (Ok(Published { epoch, seq, .. }), Some(Applied::Yes)) => {
                     id.clear();
@@ -82,5 +85,6 @@ impl FleetRoute {
                 (Err(e), _) => line::error_line(out, &e.to_string()),
             }
         }
+        errors
     }
 }

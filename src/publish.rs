@@ -22,6 +22,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, Receiver, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -340,6 +341,7 @@ impl Publisher {
             return;
         }
         let mut start = 0;
+        let mut errors = 0;
         let mut id = String::with_capacity(crate::cursor::MAX_LEN);
         while let Some(frame) = c.framer.next(&c.input, &mut start) {
             let parsed = match frame {
@@ -354,7 +356,7 @@ impl Publisher {
                         route.push(p);
                         continue;
                     }
-                    _ => route.flush(&mut c.out),
+                    _ => errors += route.flush(&mut c.out),
                 }
             }
             match parsed {
@@ -364,7 +366,10 @@ impl Publisher {
                         crate::cursor::encode_into(&mut id, accepted.epoch, accepted.seq);
                         line::ack_line(&mut c.out, &id);
                     }
-                    Err(refused) => line::error_line(&mut c.out, &refused.to_string()),
+                    Err(refused) => {
+                        errors += 1;
+                        line::error_line(&mut c.out, &refused.to_string())
+                    }
                 },
                 Ok(Request::Stats) => {
                     let (hub, reactors) = (self.ingest.hub(), self.ingest.reactors());
@@ -372,11 +377,18 @@ impl Publisher {
                     c.stats_pending = true;
                     break;
                 }
-                Err(e) => line::error_line(&mut c.out, &e),
+                Err(e) => {
+                    errors += 1;
+                    line::error_line(&mut c.out, &e)
+                }
             }
         }
         if let Some(route) = &mut self.fleet {
-            route.flush(&mut c.out);
+            errors += route.flush(&mut c.out);
+        }
+        if errors > 0 {
+            let counters = &self.ingest.hub().counters;
+            counters.publish_errors.fetch_add(errors, Ordering::Relaxed);
         }
         batch.release();
         c.input.drain(..start);
