@@ -35,7 +35,7 @@ const DEFAULT_MESSAGES: u64 = 100_000;
 pub const USAGE: &str =
     "loadgen: usage: cargo bench --bench loadgen -- [--target pnsd|nchan|jetty] \
 [--addr HOST:PORT]... [--publish-socket PATH] [--publish-url URL] [--pid PID]... \
-[--scenario density|fanout|repoll|ingest|idle|all] [--conns N] [--rounds N] [--repoll-clients N] \
+[--scenario density|fanout|repoll|ingest|idle|fleet|all] [--conns N] [--rounds N] [--repoll-clients N] \
 [--client-threads N] [--repoll-lag N] [--seconds N] [--messages N] [--json PATH] [--label NAME] (see benches/loadgen/README.md)";
 
 /// Which server dialect to speak.
@@ -64,6 +64,8 @@ pub enum Scenario {
     Repoll,
     Ingest,
     Idle,
+    /// Density, fan-out and ingest: the fleet comparison (`benches/fleet.sh`).
+    Fleet,
     All,
 }
 
@@ -109,7 +111,11 @@ impl Options {
     }
 
     pub fn runs(&self, s: Scenario) -> bool {
-        self.scenario == Scenario::All || self.scenario == s
+        match self.scenario {
+            Scenario::All => true,
+            Scenario::Fleet => matches!(s, Scenario::Density | Scenario::Fanout | Scenario::Ingest),
+            own => own == s,
+        }
     }
 }
 
@@ -214,10 +220,11 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
                     "repoll" => Scenario::Repoll,
                     "ingest" => Scenario::Ingest,
                     "idle" => Scenario::Idle,
+                    "fleet" => Scenario::Fleet,
                     "all" => Scenario::All,
                     _ => {
                         return Err(format!(
-                        "--scenario {value}: expected density, fanout, repoll, ingest, idle or all"
+                        "--scenario {value}: expected density, fanout, repoll, ingest, idle, fleet or all"
                     ))
                     }
                 }
