@@ -293,6 +293,10 @@ fn publish_stream(
             } else {
                 Err(error_text(&v))
             };
+            // A refusal comes at once while Redis is down: a publisher backs off a little.
+            if r.is_err() {
+                thread::sleep(Duration::from_millis(5));
+            }
             out2.lock().unwrap().push((i, r));
             i += 1;
         }
@@ -305,8 +309,9 @@ fn redis_killed_during_publishes_reconciles_acks_refusals_and_deliveries_on_ever
     let Some(mut redis) = RedisServer::start_durable("fleet::redis_killed") else {
         return;
     };
-    let a = node(&redis, &[]);
-    let b = node(&redis, &[]);
+    // Every message stays in the buffer, so the reconciliation reads the whole stream.
+    let a = node(&redis, &["--buffer", "100000"]);
+    let b = node(&redis, &["--buffer", "100000"]);
     let start = a.cursor_now("s");
     let stop = Arc::new(AtomicBool::new(false));
     let (h, outcomes) = publish_stream(&a, "s", stop.clone());
