@@ -67,36 +67,13 @@ fi
 
 run="$out/run-$(date -u +%Y%m%dT%H%M%SZ)"
 mkdir -p "$run"
+# alive, stop_pid, free_port, wait_ready
+# shellcheck source=benches/procs.sh
+. "$repo/benches/procs.sh"
 started=()
-alive() { kill -0 "$1" 2>/dev/null && [ "$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1)" != Z ]; }
-stop_pid() {
-    local pid=$1 i
-    alive "$pid" || { wait "$pid" 2>/dev/null || true; return 0; }
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < STOP_TIMEOUT_S * 10; i++)); do alive "$pid" || break; sleep 0.1; done
-    alive "$pid" && kill -KILL "$pid" 2>/dev/null
-    wait "$pid" 2>/dev/null || true
-}
 stop_list() { local p; for p in "$@"; do stop_pid "$p"; done; }
 trap 'stop_list "${started[@]+"${started[@]}"}"' EXIT
 trap 'say "interrupted"; exit 130' INT TERM
-
-free_port() {
-    local p=$1
-    for ((; p < $1 + 200; p++)); do
-        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then echo "$p"; return 0; fi
-    done
-    return 1
-}
-wait_ready() {
-    local pid=$1 url=$2 log=$3 i
-    for ((i = 0; i < READY_TIMEOUT_S * 10; i++)); do
-        kill -0 "$pid" 2>/dev/null || { say "exited during start-up:"; tail -n 20 "$log" >&2; return 1; }
-        curl -sf -m 2 -o /dev/null "$url" && return 0
-        sleep 0.1
-    done
-    say "no answer from $url"; tail -n 20 "$log" >&2; return 1
-}
 
 # One Redis for both pairs (different key prefixes: pnsd's "pnsd:", nchan's own).
 redis_port=$(free_port 16390)
