@@ -9,7 +9,7 @@
 //!   the fleet's clock, as on every node), never later than a local publish would.
 //! - Nothing is skipped silently: a gap, an entry the store could not hold (`--max-channels`)
 //!   and a new epoch each reset every older cursor (`Ingest::lose_upto`, `take_epoch`), and
-//!   every parked poll is answered `reset:true`.
+//!   every parked poll they void is answered `reset:true`.
 //! - Each call returns after the store holds its effect, so the feed's position (set after
 //!   the call) never runs ahead of the store (the publisher's ack waits on that position).
 

@@ -128,7 +128,7 @@ pub enum Command {
     /// Start the drain of section 6.
     Drain,
     /// Fleet mode: the store took a new epoch (`new_epoch`) or lost entries to a gap: answer
-    /// every parked poll `reset:true` from the store as it now is.
+    /// `reset:true`, from the store as it now is, every parked poll whose cursor that voided.
     Reset { new_epoch: bool },
 }
 

@@ -18,9 +18,9 @@
 //! - A message's clock time is read under the write lock, so expiry times never decrease along
 //!   the seq order even with several sources (the store's expiry relies on it).
 //! - Fleet mode: a new epoch (`take_epoch`) or a gap (`lose_upto`) is followed by
-//!   `Command::Reset` to every reactor after the lock is released, so every parked poll is
-//!   answered `reset:true` from the store as it now is; nothing waits on a cursor that means
-//!   nothing any more.
+//!   `Command::Reset` to every reactor after the lock is released, so every parked poll whose
+//!   cursor that voided is answered `reset:true` from the store as it now is; nothing waits on
+//!   a cursor that means nothing any more.
 //! - After every write, still under the lock, the store's O(1) figures are mirrored into
 //!   `hub.counters.store` (three relaxed stores), so `/metrics` never takes the lock.
 //! - A `Command::Published` carries the instant its slice's first message was accepted: the
@@ -126,8 +126,8 @@ impl Ingest {
         self.tell_reset(true);
     }
 
-    /// Fleet mode: entries up to `seq` were lost to this node; every parked poll (all wait
-    /// below it) is answered `reset:true`.
+    /// Fleet mode: entries up to `seq` were lost to this node; every parked poll with a
+    /// cursor below it is answered `reset:true`.
     pub fn lose_upto(&self, seq: u64) {
         self.hub.write().lose_upto(seq);
         self.tell_reset(false);

@@ -89,7 +89,8 @@ enum Why<'a> {
     /// The drain: c = 0 at its own cursor, never advancing it past anything not given.
     Drain,
     /// Fleet mode: the store took a new epoch (`new_epoch`: the cursor means nothing now, read
-    /// from the start) or lost entries below every parked cursor: answer `reset:true`.
+    /// from the start: answer `reset:true`) or lost entries to a gap (answer `reset:true` the
+    /// subscribers whose cursor is below it).
     Reset { new_epoch: bool },
 }
 
@@ -211,7 +212,8 @@ impl Parked {
         self.answer_all(keys, Why::Drain, subs, cx, steps);
     }
 
-    /// Fleet mode: answers every one of `keys` (the parked subscribers) `reset:true`.
+    /// Fleet mode: answers `reset:true` those of `keys` (the parked subscribers) whose cursor
+    /// the new epoch or the gap voided.
     pub fn on_reset<C: Subscriber>(
         &mut self,
         keys: &[u32],
@@ -314,15 +316,17 @@ impl Parked {
         if matches!(why, Why::Drain) {
             return Some((poll::empty_answer(epoch, after, close, cors), false));
         }
-        let (after, forced) = match why {
+        // A new epoch voids every cursor; after a gap the store's read tells which cursors
+        // are below it (a poll waiting ahead of this node is not).
+        let (after, void) = match why {
             Why::Reset { new_epoch: true } => (0, true),
-            Why::Reset { new_epoch: false } => (after, true),
             _ => (after, false),
         };
         let mut found = store.read(channels, after, cx.now, MAX_PER_ANSWER);
         drop(store);
-        found.reset |= forced;
-        if found.messages.is_empty() && !found.reset && matches!(why, Why::Published { .. }) {
+        found.reset |= void;
+        let only_if_news = matches!(why, Why::Published { .. } | Why::Reset { new_epoch: false });
+        if found.messages.is_empty() && !found.reset && only_if_news {
             return None;
         }
         let delivered = !found.messages.is_empty();

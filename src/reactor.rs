@@ -459,7 +459,7 @@ impl Reactor {
         }
     }
 
-    /// Fleet mode: answers every parked poll `reset:true` (see `Command::Reset`).
+    /// Fleet mode: a new epoch or a gap (see `Command::Reset`): every parked poll is looked at.
     fn reset_parked(&mut self, new_epoch: bool) {
         let keys: Vec<u32> = self
             .conns
