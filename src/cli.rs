@@ -12,7 +12,7 @@ use lexopt::prelude::*;
 use serde_json::value::RawValue;
 
 use crate::client;
-use crate::config::{Config, DEFAULT_PUBLISH_SOCKET, MAX_TIMEOUT_SECS};
+use crate::config::{Config, Cors, DEFAULT_PUBLISH_SOCKET, MAX_CORS_ORIGINS, MAX_TIMEOUT_SECS};
 use crate::fleet::{FleetOptions, RedisUrl};
 use crate::query::valid_channel;
 use crate::reactor::MAX_LISTENERS;
@@ -93,7 +93,19 @@ const SERVE_USAGE: Usage = Usage {
         ),
         (
             "--cors-origin ORIGIN",
-            "answer with CORS headers allowing ORIGIN [none]",
+            "allow browser pages of ORIGIN (repeatable; * for any) [none]",
+        ),
+        (
+            "--sse-heartbeat SECS",
+            "a comment line keeps an idle event stream open every [30]",
+        ),
+        (
+            "--sse-max SECS",
+            "an event stream ends (the browser reconnects) after [300]",
+        ),
+        (
+            "--max-sessions N",
+            "sessions held at once; a registration beyond is refused [1000000]",
         ),
         (
             "--redis URL",
@@ -355,7 +367,29 @@ fn parse_serve(p: &mut lexopt::Parser) -> Result<Cmd, String> {
                 if o.is_empty() || o.bytes().any(|b| b.is_ascii_control()) {
                     return Err("--cors-origin: must be a non-empty header value".into());
                 }
-                c.cors_origin = Some(o);
+                c.cors = match (std::mem::take(&mut c.cors), o.as_str()) {
+                    (_, "*") => Cors::Any,
+                    (Cors::Any, _) => Cors::Any,
+                    (Cors::Off, _) => Cors::List(vec![o]),
+                    (Cors::List(mut l), _) => {
+                        if !l.contains(&o) {
+                            l.push(o);
+                        }
+                        if l.len() > MAX_CORS_ORIGINS {
+                            return Err(format!(
+                                "--cors-origin: at most {MAX_CORS_ORIGINS} origins"
+                            ));
+                        }
+                        Cors::List(l)
+                    }
+                };
+            }
+            Long("sse-heartbeat") => {
+                c.sse_heartbeat_secs = num("--sse-heartbeat", p.value().map_err(err)?)?
+            }
+            Long("sse-max") => c.sse_max_secs = num("--sse-max", p.value().map_err(err)?)?,
+            Long("max-sessions") => {
+                c.max_sessions = num("--max-sessions", p.value().map_err(err)?)?
             }
             Long("head-timeout") => {
                 c.head_timeout_secs = num("--head-timeout", p.value().map_err(err)?)?
@@ -379,6 +413,8 @@ fn parse_serve(p: &mut lexopt::Parser) -> Result<Cmd, String> {
         ("--head-timeout", c.head_timeout_secs),
         ("--idle-timeout", c.idle_timeout_secs),
         ("--write-timeout", c.write_timeout_secs),
+        ("--sse-heartbeat", c.sse_heartbeat_secs),
+        ("--sse-max", c.sse_max_secs),
     ] {
         if secs == 0 || secs > MAX_TIMEOUT_SECS {
             return Err(format!(
@@ -600,7 +636,7 @@ mod tests {
             (c.buffer, c.message_ttl_secs, c.max_connections),
             (2, 9, Some(5))
         );
-        assert_eq!(c.cors_origin.as_deref(), Some("*"));
+        assert_eq!(c.cors, Cors::Any);
         assert_eq!(
             (
                 c.head_timeout_secs,

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use crate::fleet::{FeedState, FeedStats};
 use crate::hub::{Command, Hub, ReactorLink};
+use crate::session;
 
 /// How long a stats request waits for the reactors' replies; a reactor stuck longer than
 /// this is rare and only makes `channels` undercount its waiters for that one answer.
@@ -38,6 +39,10 @@ pub struct Figures {
     pub messages: usize,
     pub published: u64,
     pub delivered: u64,
+    /// Registered sessions (not yet reclaimed).
+    pub sessions: usize,
+    /// Server-Sent Events streams (also counted in `parked`).
+    pub streams: usize,
     /// `local`, or the Redis URL (password masked) in fleet mode.
     pub store: String,
     /// Fleet mode: the feed's link and position (`redis_*` fields).
@@ -49,19 +54,18 @@ impl Figures {
     pub fn write_line(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(
             format!(
-                "{{\"ok\":true,\"connections\":{},\"parked\":{},\"channels\":{},\"messages\":{},\"published\":{},\"delivered\":{}}}\n",
+                "{{\"ok\":true,\"connections\":{},\"parked\":{},\"channels\":{},\"messages\":{},\"published\":{},\"delivered\":{},\"sessions\":{},\"streams\":{},\"store\":",
                 self.connections,
                 self.parked,
                 self.channels,
                 self.messages,
                 self.published,
                 self.delivered,
+                self.sessions,
+                self.streams,
             )
             .as_bytes(),
         );
-        // After the contract's fields, before the closing brace and newline.
-        out.truncate(out.len() - 2);
-        out.extend_from_slice(b",\"store\":");
         crate::response::json_string(out, &self.store);
         if let Some(f) = &self.fleet {
             out.extend_from_slice(
@@ -101,6 +105,7 @@ impl WaitingReply {
 struct Counted {
     connections: usize,
     parked: usize,
+    streams: usize,
     delivered: u64,
 }
 
@@ -149,6 +154,7 @@ impl<A: Copy + PartialEq> PendingStats<A> {
             connections: hub.counters.connections.load(Ordering::Relaxed),
             parked: hub.parked(),
             delivered: hub.delivered(),
+            streams: hub.streams(),
         };
         let query = self.next_query;
         self.next_query += 1;
@@ -228,13 +234,19 @@ impl<A: Copy + PartialEq> PendingStats<A> {
 /// The figures from the counters and the waiters' channel names, completed from the store.
 fn figures(hub: &Hub, counted: &Counted, waiting: &HashSet<Box<str>>) -> Figures {
     let st = hub.read();
-    // O(waiting channels), not O(held channels): a million held names are not walked.
-    let waiting_only = waiting.iter().filter(|n| !st.holds(n)).count();
+    // O(waiting channels), not O(held channels): a million held names are not walked. A
+    // session's reserved wait channel is not a channel of the contract.
+    let waiting_only = waiting
+        .iter()
+        .filter(|n| session::sid_of(n).is_none() && !st.holds(n))
+        .count();
     let s = st.stats();
     Figures {
         connections: counted.connections,
         parked: counted.parked,
         channels: s.channels + waiting_only,
+        sessions: hub.sessions.len(),
+        streams: counted.streams,
         messages: s.messages,
         published: s.published,
         delivered: counted.delivered,
@@ -280,13 +292,15 @@ mod tests {
             messages: 4,
             published: 5,
             delivered: 6,
+            sessions: 7,
+            streams: 8,
             store: "local".into(),
             fleet: None,
         }
         .write_line(&mut out);
         assert_eq!(
             out,
-            b"{\"ok\":true,\"connections\":1,\"parked\":2,\"channels\":3,\"messages\":4,\"published\":5,\"delivered\":6,\"store\":\"local\"}\n"
+            b"{\"ok\":true,\"connections\":1,\"parked\":2,\"channels\":3,\"messages\":4,\"published\":5,\"delivered\":6,\"sessions\":7,\"streams\":8,\"store\":\"local\"}\n"
         );
         let mut out = Vec::new();
         let fleet = FeedStats {
