@@ -18,7 +18,8 @@ use std::time::Instant;
 
 use crate::access_log::AccessLog;
 use crate::config::Config;
-use crate::metrics::{FleetLink, ReactorTally};
+use crate::fleet::FeedState;
+use crate::metrics::ReactorTally;
 use crate::session::Sessions;
 use crate::stats::WaitingReply;
 use crate::store::Store;
@@ -132,6 +133,9 @@ pub enum Command {
     /// Session `sid` ended: answer its parked polls 401 `session_ended` (they also wait on
     /// the reserved channel `session::wait_name(sid)`).
     SessionEnded(Arc<str>),
+    /// Fleet mode: the store took a new epoch (`new_epoch`) or lost entries to a gap: answer
+    /// `reset:true`, from the store as it now is, every parked poll whose cursor that voided.
+    Reset { new_epoch: bool },
 }
 
 /// How to reach one reactor.
@@ -169,8 +173,9 @@ pub struct Hub {
     /// One entry per reactor (`config.threads`), by reactor index.
     pub gauges: Box<[ReactorGauges]>,
     pub draining: AtomicBool,
-    /// The fleet link's figures for `/metrics`, registered once by fleet mode's start-up.
-    pub fleet: OnceLock<Arc<dyn FleetLink>>,
+    /// Fleet mode: the feed's state (link, position, lag), set once at start; health, stats
+    /// and `/metrics` (through `metrics::FleetLink`) read it. Unset in local mode.
+    pub fleet: OnceLock<Arc<FeedState>>,
     /// `--access-log`, opened at start; each reactor writes through its own descriptor.
     pub access_log: Option<AccessLog>,
     /// The registered sessions (`--max-sessions`).
@@ -213,6 +218,11 @@ impl Hub {
 
     pub fn write(&self) -> RwLockWriteGuard<'_, Store> {
         self.store.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Fleet mode's feed state, `None` in local mode.
+    pub fn feed(&self) -> Option<&FeedState> {
+        self.fleet.get().map(|f| &**f)
     }
 
     pub fn is_draining(&self) -> bool {

@@ -150,7 +150,6 @@ impl Reactor {
             .next_power_of_two()
             .clamp(1024, 1 << 16);
         let now = clock.now_ms();
-        let epoch = hub.read().epoch();
         // Capacities fixed at start: the slab's virtual size is the connection limit; pages are
         // touched only as connections arrive.
         let capacity = hub.max_connections.min(1 << 20);
@@ -164,7 +163,7 @@ impl Reactor {
             listeners,
             conns: Slab::with_capacity(capacity),
             wheel: HoldWheel::new(slots, tick_up(now)),
-            parked: Parked::new(capacity, epoch, index),
+            parked: Parked::new(capacity, index),
             pool: BufferPool::new(MAX_HEAD, POOL_KEEP),
             hub,
             clock,
@@ -460,6 +459,7 @@ impl Reactor {
                     self.steps = steps;
                 }
                 Ok(Command::Drain) => self.drain(),
+                Ok(Command::Reset { new_epoch }) => self.reset_parked(new_epoch),
                 Err(TryRecvError::Empty) => return,
                 Err(TryRecvError::Disconnected) => {
                     if self.drain_until.is_none() {
@@ -469,6 +469,22 @@ impl Reactor {
                 }
             }
         }
+    }
+
+    /// Fleet mode: a new epoch or a gap (see `Command::Reset`): every parked poll is looked at.
+    fn reset_parked(&mut self, new_epoch: bool) {
+        let keys: Vec<u32> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.is_parked())
+            .map(|(k, _)| k as u32)
+            .collect();
+        let mut steps = std::mem::take(&mut self.steps);
+        let (mut cx, conns) = (cx!(self), &mut self.conns);
+        self.parked
+            .on_reset(&keys, new_epoch, conns, &mut cx, &mut steps);
+        self.apply_all(&mut steps);
+        self.steps = steps;
     }
 
     /// Wakes the polls parked on `channels`; if any was answered, observes the fan-out time

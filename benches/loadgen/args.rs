@@ -34,8 +34,8 @@ const DEFAULT_MESSAGES: u64 = 100_000;
 /// The one-line usage hint printed for `cargo bench` with no options.
 pub const USAGE: &str =
     "loadgen: usage: cargo bench --bench loadgen -- [--target pnsd|nchan|jetty] \
-[--addr HOST:PORT] [--publish-socket PATH] [--publish-url URL] [--pid PID]... \
-[--scenario density|fanout|repoll|ingest|idle|all] [--conns N] [--rounds N] [--repoll-clients N] \
+[--addr HOST:PORT]... [--publish-socket PATH] [--publish-url URL] [--pid PID]... \
+[--scenario density|fanout|repoll|ingest|idle|fleet|all] [--conns N] [--rounds N] [--repoll-clients N] \
 [--client-threads N] [--repoll-lag N] [--seconds N] [--messages N] [--json PATH] [--label NAME] (see benches/loadgen/README.md)";
 
 /// Which server dialect to speak.
@@ -64,6 +64,8 @@ pub enum Scenario {
     Repoll,
     Ingest,
     Idle,
+    /// Density, fan-out and ingest: the fleet comparison (`benches/fleet.sh`).
+    Fleet,
     All,
 }
 
@@ -79,7 +81,8 @@ pub struct PublishUrl {
 #[derive(Clone, Debug)]
 pub struct Options {
     pub target: Target,
-    pub addr: SocketAddr,
+    /// Every `--addr` (repeatable: nodes of a fleet); subscriber i connects to `addrs[i % n]`.
+    pub addrs: Vec<SocketAddr>,
     pub host: String,
     pub publish_socket: PathBuf,
     pub publish_url: Option<PublishUrl>,
@@ -108,7 +111,11 @@ impl Options {
     }
 
     pub fn runs(&self, s: Scenario) -> bool {
-        self.scenario == Scenario::All || self.scenario == s
+        match self.scenario {
+            Scenario::All => true,
+            Scenario::Fleet => matches!(s, Scenario::Density | Scenario::Fanout | Scenario::Ingest),
+            own => own == s,
+        }
     }
 }
 
@@ -169,7 +176,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
         return Ok(Command::Usage);
     }
     let mut target = Target::Pnsd;
-    let mut addr = "127.0.0.1:8080".to_string();
+    let mut addr_list: Vec<String> = Vec::new();
     let mut publish_socket = PathBuf::from("./pnsd.sock");
     let mut publish_url = None;
     let mut pids = Vec::new();
@@ -202,7 +209,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
                     _ => return Err(format!("--target {value}: expected pnsd, nchan or jetty")),
                 }
             }
-            "--addr" => addr = value.to_string(),
+            "--addr" => addr_list.push(value.to_string()),
             "--publish-socket" => publish_socket = PathBuf::from(value),
             "--publish-url" => publish_url = Some(parse_publish_url(value)?),
             "--pid" => pids.push(number::<u32>(name, value)?),
@@ -213,10 +220,11 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
                     "repoll" => Scenario::Repoll,
                     "ingest" => Scenario::Ingest,
                     "idle" => Scenario::Idle,
+                    "fleet" => Scenario::Fleet,
                     "all" => Scenario::All,
                     _ => {
                         return Err(format!(
-                        "--scenario {value}: expected density, fanout, repoll, ingest, idle or all"
+                        "--scenario {value}: expected density, fanout, repoll, ingest, idle, fleet or all"
                     ))
                     }
                 }
@@ -240,10 +248,17 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
             target.name()
         ));
     }
+    if addr_list.is_empty() {
+        addr_list.push("127.0.0.1:8080".to_string());
+    }
+    let addrs = addr_list
+        .iter()
+        .map(|a| resolve(a))
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(Command::Run(Box::new(Options {
         target,
-        addr: resolve(&addr)?,
-        host: addr,
+        addrs,
+        host: addr_list[0].clone(),
         publish_socket,
         publish_url,
         pids,
