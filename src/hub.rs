@@ -132,6 +132,8 @@ pub struct Hub {
     /// One entry per reactor (`config.threads`), by reactor index.
     pub gauges: Box<[ReactorGauges]>,
     pub draining: AtomicBool,
+    /// Processes this server's state has lived in (see `state`): 1 for a fresh store.
+    pub generation: u64,
     store: RwLock<Store>,
 }
 
@@ -154,8 +156,17 @@ impl Hub {
             counters: Counters::default(),
             gauges,
             draining: AtomicBool::new(false),
+            generation: 1,
             store: RwLock::new(store),
         }
+    }
+
+    /// This hub serving a store carried over from an earlier process (`state`), which was
+    /// generation `generation - 1`.
+    pub fn restored(mut self, store: Store, generation: u64) -> Hub {
+        self.store = RwLock::new(store);
+        self.generation = generation;
+        self
     }
 
     /// The store for reading. A poisoned lock (a panic while publishing) still holds a

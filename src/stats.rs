@@ -35,6 +35,11 @@ pub struct Figures {
     pub messages: usize,
     pub published: u64,
     pub delivered: u64,
+    /// This process's id: it changes with each upgrade.
+    pub pid: u32,
+    /// Processes this state has lived in: 1 at a first start, +1 per upgrade or state-file
+    /// restart (see `state`).
+    pub generation: u64,
 }
 
 impl Figures {
@@ -42,13 +47,15 @@ impl Figures {
     pub fn write_line(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(
             format!(
-                "{{\"ok\":true,\"connections\":{},\"parked\":{},\"channels\":{},\"messages\":{},\"published\":{},\"delivered\":{}}}\n",
+                "{{\"ok\":true,\"connections\":{},\"parked\":{},\"channels\":{},\"messages\":{},\"published\":{},\"delivered\":{},\"pid\":{},\"generation\":{}}}\n",
                 self.connections,
                 self.parked,
                 self.channels,
                 self.messages,
                 self.published,
                 self.delivered,
+                self.pid,
+                self.generation,
             )
             .as_bytes(),
         );
@@ -218,6 +225,8 @@ fn figures(hub: &Hub, counted: &Counted, waiting: &HashSet<Box<str>>) -> Figures
         messages: s.messages,
         published: s.published,
         delivered: counted.delivered,
+        pid: std::process::id(),
+        generation: hub.generation,
     }
 }
 
@@ -258,11 +267,13 @@ mod tests {
             messages: 4,
             published: 5,
             delivered: 6,
+            pid: 7,
+            generation: 8,
         }
         .write_line(&mut out);
         assert_eq!(
             out,
-            b"{\"ok\":true,\"connections\":1,\"parked\":2,\"channels\":3,\"messages\":4,\"published\":5,\"delivered\":6}\n"
+            b"{\"ok\":true,\"connections\":1,\"parked\":2,\"channels\":3,\"messages\":4,\"published\":5,\"delivered\":6,\"pid\":7,\"generation\":8}\n"
         );
     }
 

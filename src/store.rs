@@ -48,6 +48,9 @@ use std::sync::Arc;
 
 use crate::cursor;
 
+mod image;
+pub use image::{ChannelImage, MessageImage, StoreImage};
+
 /// Maxima of forgotten channels' `evicted_upto`, by hash of the name: 32 KiB whatever the
 /// number of names ever used, and few enough collisions that a cursor older than the TTL on a
 /// recreated channel is rarely reset because of another channel.
@@ -61,6 +64,20 @@ const SHRINK_MAX_CAPACITY: usize = 1 << 16;
 /// Expired entries a refused-looking publish sweeps before giving up: enough to free room when
 /// the sweep is merely behind, small enough to keep that publish's lock hold short.
 const SWEEP_BEFORE_REFUSING: usize = 1024;
+
+/// The forgotten bucket of `name`: seeded FNV-1a, not std's hasher, whose algorithm may change
+/// between the Rust releases that built two binaries sharing a state image. A crafted name only
+/// costs spurious resets on its bucket.
+fn bucket_of(seed: u64, name: &str) -> usize {
+    /// FNV-1a's 64-bit offset basis and prime.
+    const BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut h = BASIS;
+    for b in seed.to_le_bytes().iter().chain(name.as_bytes()) {
+        h = (h ^ u64::from(*b)).wrapping_mul(PRIME);
+    }
+    (h % FORGOTTEN_BUCKETS as u64) as usize
+}
 
 /// A published message, encoded once as the JSON object of an answer's `msg` array except for
 /// the channel name, which depends on the poll (the first of its channels the poll subscribes to).
@@ -205,7 +222,9 @@ pub struct Store {
     retiring: Option<HashMap<Arc<str>, ChannelBuffer>>,
     due: BinaryHeap<Due>,
     forgotten: Box<[u64]>,
-    hasher: RandomState,
+    /// Seed of `bucket`: random per store, carried with the state image (`image`) so a
+    /// restored store finds its forgotten channels in the same buckets.
+    bucket_seed: u64,
     published: u64,
     messages: usize,
 }
@@ -224,7 +243,7 @@ impl Store {
             retiring: None,
             due: BinaryHeap::new(),
             forgotten: vec![0; FORGOTTEN_BUCKETS].into_boxed_slice(),
-            hasher: RandomState::new(),
+            bucket_seed: RandomState::new().hash_one(FORGOTTEN_BUCKETS),
             published: 0,
             messages: 0,
         }
@@ -239,7 +258,7 @@ impl Store {
     }
 
     fn bucket(&self, name: &str) -> usize {
-        (self.hasher.hash_one(name) as usize) % FORGOTTEN_BUCKETS
+        bucket_of(self.bucket_seed, name)
     }
 
     /// Channel `name`, for reading.
