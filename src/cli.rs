@@ -94,6 +94,10 @@ const SERVE_USAGE: Usage = Usage {
             "--cors-origin ORIGIN",
             "answer with CORS headers allowing ORIGIN [none]",
         ),
+        (
+            "--state-file PATH",
+            "drain writes the store here; start continues it (same epoch) [none]",
+        ),
         ("-h, --help", "print this and exit"),
     ],
 };
@@ -271,6 +275,7 @@ fn parse_serve(p: &mut lexopt::Parser) -> Result<Cmd, String> {
                 c.max_publishers = num("--max-publishers", p.value().map_err(err)?)?
             }
             Long("secret-file") => c.secret_file = Some(p.value().map_err(err)?.into()),
+            Long("state-file") => c.state_file = Some(p.value().map_err(err)?.into()),
             Long("allow-anonymous") => c.allow_anonymous = true,
             Long("cors-origin") => {
                 let o = text("--cors-origin", p.value().map_err(err)?)?;

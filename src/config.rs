@@ -60,6 +60,8 @@ pub struct Config {
     pub idle_timeout_secs: u64,
     /// `--write-timeout`: seconds a client may take to read its answer.
     pub write_timeout_secs: u64,
+    /// `--state-file`: where the drain writes the server's state and a start reads it.
+    pub state_file: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -84,6 +86,7 @@ impl Default for Config {
             head_timeout_secs: DEFAULT_HEAD_TIMEOUT_SECS,
             idle_timeout_secs: DEFAULT_IDLE_TIMEOUT_SECS,
             write_timeout_secs: DEFAULT_WRITE_TIMEOUT_SECS,
+            state_file: None,
         }
     }
 }

@@ -21,6 +21,8 @@
 //!   protocol (framing, parsing, answer lines), no I/O;
 //! - `ingest`: the one way into the store: appends in short lock holds and wakes the reactors;
 //! - `stats`: the stats figures, gathered from the reactors without blocking, and rendered;
+//! - `state`: the server's state as one versioned image (the store today), the `--state-file`
+//!   written by the drain and read at start;
 //! - `systemd`: socket activation (inherited listeners) and sd_notify state messages;
 //! - `fleet`: fleet mode's Redis side (the log, the epoch, the publisher client, the feed thread);
 //! - `backoff`: accept back-off on EMFILE; `hub`: what the threads share (store, counters,
@@ -46,6 +48,7 @@ pub mod query;
 pub mod reactor;
 pub mod response;
 pub mod server;
+pub mod state;
 pub mod sockio;
 pub mod stats;
 pub mod store;

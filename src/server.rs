@@ -37,6 +37,7 @@ use crate::hub::{Command, Hub, ReactorLink};
 use crate::ingest::Ingest;
 use crate::publish::Publisher;
 use crate::reactor::{Reactor, DRAIN_MS, WAKER};
+use crate::state::{self, ServerState};
 use crate::systemd;
 use crate::token::Secret;
 
@@ -295,6 +296,24 @@ pub fn default_max_connections(nofile: u64) -> usize {
     nofile.saturating_sub(FD_RESERVE.min(nofile / 4)).max(1) as usize
 }
 
+/// Writes the store's state for the next start (`--state-file`), after the drain: no publish
+/// is accepted any more, so the image holds every acked message.
+fn write_state_file(hub: &Hub, path: &Path) {
+    let state = ServerState::of(&hub.read(), hub.clock.now_ms(), hub.generation);
+    match state::write_file(path, &state) {
+        Ok(()) => info!(
+            "state written to {} (epoch {:x}, seq {})",
+            path.display(),
+            state.store.epoch,
+            state.store.last_seq
+        ),
+        Err(e) => warn!(
+            "cannot write state file {}: {e}; the next start begins a new epoch",
+            path.display()
+        ),
+    }
+}
+
 /// Runs the server until a signal's drain completes. Returns the exit status.
 pub fn serve(config: Config) -> Result<(), StartError> {
     // First, while this is the only thread: it unsets LISTEN_* in the environment.
@@ -319,12 +338,19 @@ pub fn serve(config: Config) -> Result<(), StartError> {
     let (listeners, addrs) = http_listeners(&config, inherited.http)?;
 
     let threads = config.threads;
-    let hub = Arc::new(Hub::new(
-        config,
-        max_connections,
-        secret,
-        cursor::random_epoch(),
-    ));
+    let state_file = config.state_file.clone();
+    let mut hub = Hub::new(config, max_connections, secret, cursor::random_epoch());
+    if let Some(path) = &state_file {
+        let c = &hub.config;
+        let now_ms = hub.clock.now_ms();
+        let ttl_ms = c.message_ttl_secs.saturating_mul(1000);
+        if let Some((store, generation)) =
+            state::load_store(path, c.buffer, ttl_ms, c.max_channels, now_ms)
+        {
+            hub = hub.restored(store, generation);
+        }
+    }
+    let hub = Arc::new(hub);
     let mut links = Vec::with_capacity(threads);
     let mut reactors = Vec::with_capacity(threads);
     for (i, l) in listeners.into_iter().enumerate() {
@@ -394,6 +420,9 @@ pub fn serve(config: Config) -> Result<(), StartError> {
     }
     if handles.iter().any(|h| !h.is_finished()) {
         warn!("drain did not finish in time; exiting anyway");
+    }
+    if let Some(path) = &state_file {
+        write_state_file(&hub, path);
     }
     drop(socket_file);
     Ok(())
