@@ -125,6 +125,15 @@ const STATS_USAGE: Usage = Usage {
     ],
 };
 
+const UPGRADE_USAGE: Usage = Usage {
+    synopsis: "pnsd upgrade [--socket PATH]",
+    about: "Hands the running server over to the binary at its path, keeping every connection;\nexit 0 once the new process serves, 1 with the reason otherwise.",
+    options: &[
+        ("--socket PATH", "the server's publish socket [./pnsd.sock]"),
+        ("-h, --help", "print this and exit"),
+    ],
+};
+
 const TOKEN_USAGE: Usage = Usage {
     synopsis:
         "pnsd token --secret-file PATH --channel C [--channel C2 ...] [--ttl SECS] [--sub ID]",
@@ -160,7 +169,13 @@ impl Usage {
 
 /// `pnsd --help`: every subcommand's usage.
 fn full_usage() -> String {
-    let parts: Vec<String> = [SERVE_USAGE, PUBLISH_USAGE, STATS_USAGE, TOKEN_USAGE]
+    let parts: Vec<String> = [
+        SERVE_USAGE,
+        PUBLISH_USAGE,
+        STATS_USAGE,
+        UPGRADE_USAGE,
+        TOKEN_USAGE,
+    ]
         .iter()
         .map(Usage::text)
         .collect();
@@ -182,6 +197,9 @@ pub enum Cmd {
         data: String,
     },
     Stats {
+        socket: PathBuf,
+    },
+    Upgrade {
         socket: PathBuf,
     },
     Token {
@@ -232,6 +250,7 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Cmd, String> {
         Some("serve") => parse_serve(&mut rest(&mut args)),
         Some("publish") => parse_publish(&mut rest(&mut args)),
         Some("stats") => parse_stats(&mut rest(&mut args)),
+        Some("upgrade") => parse_upgrade(&mut rest(&mut args)),
         Some("token") => parse_token(&mut rest(&mut args)),
         Some("--help") | Some("-h") | Some("help") => Ok(Cmd::Help(full_usage())),
         Some("--version") | Some("-V") => Ok(Cmd::Version),
@@ -391,6 +410,18 @@ fn parse_publish(p: &mut lexopt::Parser) -> Result<Cmd, String> {
     })
 }
 
+fn parse_upgrade(p: &mut lexopt::Parser) -> Result<Cmd, String> {
+    let mut socket = PathBuf::from(DEFAULT_PUBLISH_SOCKET);
+    while let Some(arg) = p.next().map_err(err)? {
+        match arg {
+            Long("help") | Short('h') => return Ok(Cmd::Help(UPGRADE_USAGE.text())),
+            Long("socket") => socket = p.value().map_err(err)?.into(),
+            other => return Err(other.unexpected().to_string()),
+        }
+    }
+    Ok(Cmd::Upgrade { socket })
+}
+
 fn parse_stats(p: &mut lexopt::Parser) -> Result<Cmd, String> {
     let mut socket = PathBuf::from(DEFAULT_PUBLISH_SOCKET);
     while let Some(arg) = p.next().map_err(err)? {
@@ -479,6 +510,7 @@ pub fn main() -> i32 {
             data,
         } => client::publish(&socket, kind, &channel, &data),
         Cmd::Stats { socket } => client::stats(&socket),
+        Cmd::Upgrade { socket } => client::upgrade(&socket),
         Cmd::Token {
             secret_file,
             channels,

@@ -38,6 +38,8 @@ use crate::sockio::{self, ReadEnd};
 use crate::waiters;
 use crate::wheel::{tick_down, tick_up, TimerLink, TimerNodes};
 
+mod image;
+
 /// What a connection reads and writes: a TCP stream, or an in-memory fake in the tests.
 pub trait Transport: Read + Write {}
 impl<T: Read + Write> Transport for T {}
@@ -174,6 +176,10 @@ impl<S: Transport> Conn<S> {
         let mut step = Step::new(Next::Wait);
         step.timer = Some(cx.after_secs(cx.hub.config.head_timeout_secs));
         (c, step)
+    }
+
+    pub fn sock(&self) -> &S {
+        &self.sock
     }
 
     pub fn sock_mut(&mut self) -> &mut S {

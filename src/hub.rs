@@ -14,6 +14,7 @@ use std::sync::{mpsc, Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Instant;
 
 use crate::config::Config;
+use crate::state::ConnImage;
 use crate::stats::WaitingReply;
 use crate::store::Store;
 use crate::token::Secret;
@@ -95,6 +96,21 @@ pub enum Command {
     WaitingChannels(WaitingReply),
     /// Start the drain of section 6.
     Drain,
+    /// The upgrade: stop at a safe point, send the reactor's image, and touch no socket until
+    /// `Thaw` (after a failed upgrade; a successful one ends the process instead).
+    Freeze(mpsc::Sender<ReactorImage>),
+    /// Serve again after `Freeze`.
+    Thaw,
+}
+
+/// One reactor's part of the upgrade image: its listeners' and connections' descriptors and
+/// state.
+#[derive(Debug)]
+pub struct ReactorImage {
+    /// The reactor's index in `Hub::gauges`.
+    pub index: usize,
+    pub listeners: Vec<i32>,
+    pub conns: Vec<ConnImage>,
 }
 
 /// How to reach one reactor.

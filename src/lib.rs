@@ -23,6 +23,8 @@
 //! - `stats`: the stats figures, gathered from the reactors without blocking, and rendered;
 //! - `state`: the server's state as one versioned image (the store today), the `--state-file`
 //!   written by the drain and read at start;
+//! - `upgrade`: hands the running server to a new binary (a child inheriting the descriptors
+//!   and a state memfd), or serves on unchanged when that fails;
 //! - `systemd`: socket activation (inherited listeners) and sd_notify state messages;
 //! - `fleet`: fleet mode's Redis side (the log, the epoch, the publisher client, the feed thread);
 //! - `backoff`: accept back-off on EMFILE; `hub`: what the threads share (store, counters,
@@ -54,6 +56,7 @@ pub mod stats;
 pub mod store;
 pub mod systemd;
 pub mod token;
+pub mod upgrade;
 pub mod waiters;
 pub mod wheel;
 pub mod xorshift;

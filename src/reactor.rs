@@ -392,20 +392,7 @@ impl Reactor {
         // Bounded by what was queued: the publish thread sends at most one command per batch.
         loop {
             match self.commands.try_recv() {
-                Ok(Command::Published { last_seq, channels }) => {
-                    let mut steps = std::mem::take(&mut self.steps);
-                    for ch in channels.iter() {
-                        let (mut cx, conns) = (cx!(self), &mut self.conns);
-                        self.parked
-                            .on_published(ch, last_seq, conns, &mut cx, &mut steps);
-                        self.apply_all(&mut steps);
-                    }
-                    self.steps = steps;
-                }
-                Ok(Command::WaitingChannels(reply)) => {
-                    let _ = reply.send(self.parked.channel_names().map(Box::from).collect());
-                }
-                Ok(Command::Drain) => self.drain(),
+                Ok(cmd) => self.command(cmd),
                 Err(TryRecvError::Empty) => return,
                 Err(TryRecvError::Disconnected) => {
                     if self.drain_until.is_none() {
@@ -415,6 +402,30 @@ impl Reactor {
                 }
             }
         }
+    }
+
+    fn command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Published { last_seq, channels } => self.wake(last_seq, &channels),
+            Command::WaitingChannels(reply) => {
+                let _ = reply.send(self.parked.channel_names().map(Box::from).collect());
+            }
+            Command::Drain => self.drain(),
+            Command::Freeze(reply) => self.freeze(reply),
+            Command::Thaw => {}
+        }
+    }
+
+    /// Wakes the subscribers parked on `channels`, where messages up to `last_seq` are.
+    fn wake<S: AsRef<str>>(&mut self, last_seq: u64, channels: &[S]) {
+        let mut steps = std::mem::take(&mut self.steps);
+        for ch in channels {
+            let (mut cx, conns) = (cx!(self), &mut self.conns);
+            self.parked
+                .on_published(ch.as_ref(), last_seq, conns, &mut cx, &mut steps);
+            self.apply_all(&mut steps);
+        }
+        self.steps = steps;
     }
 
     /// Section 6: stop accepting, answer every parked poll c=0 without advancing its cursor,
@@ -428,6 +439,8 @@ impl Reactor {
         self.due(&keys, true);
     }
 }
+
+mod handover;
 
 #[cfg(test)]
 #[path = "reactor_tests.rs"]

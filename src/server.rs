@@ -20,6 +20,7 @@
 use std::fs;
 use std::io::{self, Write as _};
 use std::net::SocketAddr;
+use std::os::fd::FromRawFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -37,7 +38,9 @@ use crate::hub::{Command, Hub, ReactorLink};
 use crate::ingest::Ingest;
 use crate::publish::Publisher;
 use crate::reactor::{Reactor, DRAIN_MS, WAKER};
-use crate::state::{self, ServerState};
+use crate::state::{self, LiveImage, ServerState, SocketFileImage};
+use crate::store::Store;
+use crate::upgrade::{self, Running, Upgrader};
 use crate::systemd;
 use crate::token::Secret;
 
@@ -108,6 +111,24 @@ impl BoundSocketFile {
     fn is_still_ours(&self) -> bool {
         fs::symlink_metadata(&self.path)
             .is_ok_and(|m| m.file_type().is_socket() && m.dev() == self.dev && m.ino() == self.ino)
+    }
+}
+
+impl BoundSocketFile {
+    fn image(&self) -> SocketFileImage {
+        SocketFileImage {
+            path: self.path.clone(),
+            dev: self.dev,
+            ino: self.ino,
+        }
+    }
+
+    fn from_image(image: &SocketFileImage) -> BoundSocketFile {
+        BoundSocketFile {
+            path: image.path.clone(),
+            dev: image.dev,
+            ino: image.ino,
+        }
     }
 }
 
@@ -290,6 +311,61 @@ fn bind_all(config: &Config) -> Result<(Vec<Vec<TcpListener>>, Vec<SocketAddr>),
     Ok((per_thread, resolved))
 }
 
+/// What `carried_listeners` returns: the publish socket, its file record and printed path,
+/// each reactor's HTTP listeners and the HTTP addresses.
+type Listeners = (
+    UnixListener,
+    Option<BoundSocketFile>,
+    PathBuf,
+    Vec<Vec<TcpListener>>,
+    Vec<SocketAddr>,
+);
+
+/// The listeners an upgrade carried over: the previous process's reactor `k`'s go to reactor
+/// `k % threads`, so every accept queue is served even if the thread count changed.
+fn carried_listeners(live: &LiveImage, threads: usize) -> Result<Listeners, StartError> {
+    let fail = |e: io::Error| StartError::Runtime(format!("cannot use a carried listener: {e}"));
+    // SAFETY: the previous process handed these descriptors over for these uses.
+    let publish = unsafe { std::os::unix::net::UnixListener::from_raw_fd(live.publish_listener) };
+    let path = match publish.local_addr().map_err(fail)?.as_pathname() {
+        Some(p) => p.to_path_buf(),
+        None => PathBuf::from("(unnamed)"),
+    };
+    let file = live.socket_file.as_ref().map(BoundSocketFile::from_image);
+    let mut per_thread: Vec<Vec<TcpListener>> = (0..threads).map(|_| Vec::new()).collect();
+    let mut addrs = Vec::new();
+    for (k, fds) in live.http_listeners.iter().enumerate() {
+        for &fd in fds {
+            // SAFETY: as above.
+            let l = unsafe { std::net::TcpListener::from_raw_fd(fd) };
+            if k == 0 {
+                addrs.push(l.local_addr().map_err(fail)?);
+            }
+            per_thread[k % threads].push(TcpListener::from_std(l));
+        }
+    }
+    Ok((UnixListener::from_std(publish), file, path, per_thread, addrs))
+}
+
+/// Has the reactors and the publish thread adopt the connections an upgrade carried over.
+fn adopt(
+    live: LiveImage,
+    reactors: &mut [Reactor],
+    publisher: &mut Publisher,
+    generation: u64,
+) -> Result<(), StartError> {
+    let fail = |e: io::Error| StartError::Runtime(format!("cannot adopt a connection: {e}"));
+    let n = reactors.len().max(1);
+    for (k, conns) in live.conns.into_iter().enumerate() {
+        if let Some(r) = reactors.get_mut(k % n) {
+            r.adopt(conns).map_err(fail)?;
+        }
+    }
+    publisher
+        .adopt(live.publishers, std::process::id(), generation)
+        .map_err(fail)
+}
+
 /// The max-connections default: the open-file limit less a reserve.
 pub fn default_max_connections(nofile: u64) -> usize {
     // A small limit (a test, a tiny container) keeps three quarters of it for connections.
@@ -316,8 +392,13 @@ fn write_state_file(hub: &Hub, path: &Path) {
 
 /// Runs the server until a signal's drain completes. Returns the exit status.
 pub fn serve(config: Config) -> Result<(), StartError> {
-    // First, while this is the only thread: it unsets LISTEN_* in the environment.
-    let inherited = systemd::take_listen_fds().map_err(StartError::Runtime)?;
+    // First, while this is the only thread: both unset variables of the environment.
+    let upgrader = Upgrader::at_start();
+    let mut inheritance = upgrade::inherited().map_err(StartError::Runtime)?;
+    let inherited = match inheritance {
+        Some(_) => systemd::Inherited::default(),
+        None => systemd::take_listen_fds().map_err(StartError::Runtime)?,
+    };
     let secret = match &config.secret_file {
         Some(p) => Some(Secret::from_file(p).map_err(|e| {
             // A missing, unreadable or empty key file is a run-time failure (exit 1).
@@ -329,18 +410,33 @@ pub fn serve(config: Config) -> Result<(), StartError> {
     let max_connections = config
         .max_connections
         .unwrap_or_else(|| default_max_connections(nofile));
-    let signals = signal_hook::iterator::Signals::new([libc::SIGTERM, libc::SIGINT])
+    let signals = signal_hook::iterator::Signals::new([libc::SIGTERM, libc::SIGINT, libc::SIGUSR2])
         .map_err(|e| StartError::Runtime(format!("cannot install signal handlers: {e}")))?;
 
     // `socket_file` removes the path when `serve` returns, on every failed start too (never an
     // inherited socket's path: it is `None` then).
-    let (publish_listener, socket_file, socket_path) = publish_socket(&config, inherited.publish)?;
-    let (listeners, addrs) = http_listeners(&config, inherited.http)?;
+    let live = inheritance.as_ref().and_then(|i| i.state.live.as_ref());
+    let (publish_listener, socket_file, socket_path, listeners, addrs) = match live {
+        Some(live) => carried_listeners(live, config.threads)?,
+        None => {
+            let (l, file, path) = publish_socket(&config, inherited.publish)?;
+            let (listeners, addrs) = http_listeners(&config, inherited.http)?;
+            (l, file, path, listeners, addrs)
+        }
+    };
 
     let threads = config.threads;
     let state_file = config.state_file.clone();
     let mut hub = Hub::new(config, max_connections, secret, cursor::random_epoch());
-    if let Some(path) = &state_file {
+    if let Some(i) = &inheritance {
+        let c = &hub.config;
+        let ttl_ms = c.message_ttl_secs.saturating_mul(1000);
+        let (buffer, max_channels) = (c.buffer, c.max_channels);
+        let (image, age) = (i.state.store.clone(), i.state.age_ms());
+        let store = Store::restore(image, buffer, ttl_ms, max_channels, hub.clock.now_ms(), age)
+            .map_err(|e| StartError::Runtime(format!("upgrade state refused: {e}")))?;
+        hub = hub.restored(store, i.state.generation + 1);
+    } else if let Some(path) = &state_file {
         let c = &hub.config;
         let now_ms = hub.clock.now_ms();
         let ttl_ms = c.message_ttl_secs.saturating_mul(1000);
@@ -352,7 +448,7 @@ pub fn serve(config: Config) -> Result<(), StartError> {
     }
     let hub = Arc::new(hub);
     let mut links = Vec::with_capacity(threads);
-    let mut reactors = Vec::with_capacity(threads);
+    let mut reactors: Vec<Reactor> = Vec::with_capacity(threads);
     for (i, l) in listeners.into_iter().enumerate() {
         let setup = || -> io::Result<(Reactor, ReactorLink)> {
             let poll = Poll::new()?;
@@ -374,8 +470,11 @@ pub fn serve(config: Config) -> Result<(), StartError> {
     }
     let links = Arc::new(links);
     let ingest = Ingest::new(hub.clone(), links.clone());
-    let (publisher, publisher_link) = Publisher::new(publish_listener, ingest)
+    let (mut publisher, publisher_link) = Publisher::new(publish_listener, ingest)
         .map_err(|e| StartError::Runtime(format!("cannot start the publish thread: {e}")))?;
+    if let Some(live) = inheritance.as_mut().and_then(|i| i.state.live.take()) {
+        adopt(live, &mut reactors, &mut publisher, hub.generation)?;
+    }
 
     let mut handles = Vec::new();
     for (i, r) in reactors.into_iter().enumerate() {
@@ -400,12 +499,31 @@ pub fn serve(config: Config) -> Result<(), StartError> {
         threads
     );
     let _ = io::stdout().flush();
+    if let Some(i) = inheritance {
+        i.report_taken_over();
+        systemd::mainpid(std::process::id());
+        info!("took over generation {}", hub.generation);
+    }
     systemd::ready();
     info!("max connections {max_connections}, open-file limit {nofile}");
 
     let mut signals = signals;
-    if let Some(sig) = signals.forever().next() {
-        info!("signal {sig}: draining");
+    let running = Running {
+        hub: &hub,
+        reactors: &links,
+        publisher: &publisher_link,
+        socket_file: socket_file.as_ref().map(BoundSocketFile::image),
+    };
+    for sig in signals.forever() {
+        if sig != libc::SIGUSR2 {
+            info!("signal {sig}: draining");
+            break;
+        }
+        info!("upgrade requested");
+        match upgrade::upgrade(&upgrader, &running) {
+            Ok(_) => upgrade::leave(),
+            Err(why) => warn!("upgrade failed, serving on: {why}"),
+        }
     }
     systemd::stopping();
     let started = Instant::now();

@@ -42,6 +42,66 @@ pub struct ServerState {
     /// Wall-clock milliseconds since the Unix epoch when the image was taken.
     pub written_unix_ms: u64,
     pub store: StoreImage,
+    /// The live part, handed over by an upgrade only (a state file has none): descriptors and
+    /// what each connection was doing.
+    #[serde(default)]
+    pub live: Option<LiveImage>,
+}
+
+/// Descriptors inherited by the new process and the state of each connection on them.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LiveImage {
+    /// Each reactor's HTTP listeners (one per address), by reactor.
+    pub http_listeners: Vec<Vec<i32>>,
+    /// Each reactor's HTTP connections, by reactor.
+    pub conns: Vec<Vec<ConnImage>>,
+    pub publish_listener: i32,
+    /// The publish socket's file as the first process bound it (removed at the last drain only
+    /// while still that file); `None` when the socket was inherited from a service manager.
+    pub socket_file: Option<SocketFileImage>,
+    pub publishers: Vec<PublisherImage>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SocketFileImage {
+    pub path: PathBuf,
+    pub dev: u64,
+    pub ino: u64,
+}
+
+/// One HTTP connection (`conn`): its phase, flags and buffered bytes.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ConnImage {
+    pub fd: i32,
+    /// `conn::Phase` as a number: 0 head, 1 idle, 2 parked.
+    pub phase: u8,
+    /// `conn`'s flag bits (close after, readable, read closed, token timer).
+    pub flags: u8,
+    /// The parked poll's cursor seq.
+    pub after: u64,
+    /// The parked poll's channels, in subscription order.
+    pub channels: Vec<String>,
+    /// Milliseconds until its timer (hold, token, head, idle or write deadline) fires.
+    pub timer_ms: Option<u64>,
+    /// Received bytes not yet parsed, and body bytes still to skip.
+    pub input: Vec<u8>,
+    pub skip: u64,
+    /// Response bytes not yet written.
+    pub out: Vec<u8>,
+}
+
+/// One publisher connection (`publish`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PublisherImage {
+    pub fd: i32,
+    /// Received bytes not yet answered, and whether the framer is inside an overlong line.
+    pub input: Vec<u8>,
+    pub discarding: bool,
+    /// Answer lines not yet written.
+    pub out: Vec<u8>,
+    pub eof: bool,
+    /// It asked for this upgrade: the new process answers it `line::upgrade_line`.
+    pub asked_upgrade: bool,
 }
 
 /// Only the version, read first so that any later layout is refused by its number.
@@ -65,6 +125,7 @@ impl ServerState {
             generation,
             written_unix_ms: unix_ms(),
             store: store.snapshot(now_ms),
+            live: None,
         }
     }
 
