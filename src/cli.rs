@@ -176,9 +176,9 @@ fn full_usage() -> String {
         UPGRADE_USAGE,
         TOKEN_USAGE,
     ]
-        .iter()
-        .map(Usage::text)
-        .collect();
+    .iter()
+    .map(Usage::text)
+    .collect();
     format!(
         "pnsd {}: a long-polling push server.\n\n{}\nusage: pnsd --version\n",
         env!("CARGO_PKG_VERSION"),

@@ -22,8 +22,7 @@ fn exchange(socket: &Path, line: &str) -> Result<String, String> {
 fn exchange_within(socket: &Path, line: &str, wait: Duration) -> Result<String, String> {
     let mut s = UnixStream::connect(socket)
         .map_err(|e| format!("cannot connect to {}: {e}", socket.display()))?;
-    s.set_read_timeout(Some(wait))
-        .map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(wait)).map_err(|e| e.to_string())?;
     s.write_all(line.as_bytes())
         .and_then(|_| s.write_all(b"\n"))
         .map_err(|e| format!("cannot send to {}: {e}", socket.display()))?;

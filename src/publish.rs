@@ -328,8 +328,7 @@ impl Publisher {
                 self.close(key);
                 return false;
             }
-            if c.waits_for_answer() || c.out.len() - c.out_pos > MAX_OUT || !c.readable || c.eof
-            {
+            if c.waits_for_answer() || c.out.len() - c.out_pos > MAX_OUT || !c.readable || c.eof {
                 return false;
             }
             if reads == READS_PER_TURN {

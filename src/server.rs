@@ -40,9 +40,9 @@ use crate::publish::Publisher;
 use crate::reactor::{Reactor, DRAIN_MS, WAKER};
 use crate::state::{self, LiveImage, ServerState, SocketFileImage};
 use crate::store::Store;
-use crate::upgrade::{self, Running, Upgrader};
 use crate::systemd;
 use crate::token::Secret;
+use crate::upgrade::{self, Running, Upgrader};
 
 /// Pending connections the kernel may queue per listener (clamped by net.core.somaxconn).
 pub const LISTEN_BACKLOG: i32 = 65_535;
@@ -344,7 +344,13 @@ fn carried_listeners(live: &LiveImage, threads: usize) -> Result<Listeners, Star
             per_thread[k % threads].push(TcpListener::from_std(l));
         }
     }
-    Ok((UnixListener::from_std(publish), file, path, per_thread, addrs))
+    Ok((
+        UnixListener::from_std(publish),
+        file,
+        path,
+        per_thread,
+        addrs,
+    ))
 }
 
 /// Has the reactors and the publish thread adopt the connections an upgrade carried over.

@@ -278,7 +278,9 @@ mod tests {
         assert_eq!(store.epoch(), 42);
         assert_eq!(store.last_seq(), 1);
         assert_eq!(store.read(&["a"], 0, 0, 10).messages.len(), 1);
-        let leftovers = fs::read_dir(path.parent().expect("dir")).expect("dir").count();
+        let leftovers = fs::read_dir(path.parent().expect("dir"))
+            .expect("dir")
+            .count();
         assert_eq!(leftovers, 1, "no temporary file left");
     }
 

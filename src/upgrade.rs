@@ -317,7 +317,8 @@ impl Inheritance {
 /// The inheritance of a process started by an upgrade (`None` for any other start), read
 /// before any other thread runs; the variables are removed so that no later child sees them.
 pub fn inherited() -> Result<Option<Inheritance>, String> {
-    let (Some(state_fd), Some(ready_fd)) = (std::env::var_os(STATE_ENV), std::env::var_os(READY_ENV))
+    let (Some(state_fd), Some(ready_fd)) =
+        (std::env::var_os(STATE_ENV), std::env::var_os(READY_ENV))
     else {
         return Ok(None);
     };

@@ -27,7 +27,10 @@ fn stop(mut s: Server) -> String {
 }
 
 fn poll_from(s: &Server, channel: &str, cursor: &str) -> PollAnswer {
-    check_poll(&s.http().request(&poll_target(&[channel], Some(cursor), Some(0))))
+    check_poll(
+        &s.http()
+            .request(&poll_target(&[channel], Some(cursor), Some(0))),
+    )
 }
 
 #[test]
@@ -102,7 +105,11 @@ fn a_missing_file_starts_a_new_epoch() {
 
 #[test]
 fn a_corrupt_file_is_ignored() {
-    ignored(Some(b"{\"version\":1,\"generation\":4,\"wr"), &[], "state file");
+    ignored(
+        Some(b"{\"version\":1,\"generation\":4,\"wr"),
+        &[],
+        "state file",
+    );
     ignored(Some(b"not json at all"), &[], "not a state image");
 }
 

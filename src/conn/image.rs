@@ -125,9 +125,7 @@ impl<S: Transport> Conn<S> {
             Next::Wait
         };
         let mut step = Step::new(next);
-        step.timer = image
-            .timer_ms
-            .map(|ms| tick_up(cx.now.saturating_add(ms)));
+        step.timer = image.timer_ms.map(|ms| tick_up(cx.now.saturating_add(ms)));
         Some((c, step))
     }
 }

@@ -73,7 +73,10 @@ impl Reactor {
                     format!("connection phase {} unknown", image.phase),
                 ));
             };
-            self.hub.counters.connections.fetch_add(1, Ordering::Relaxed);
+            self.hub
+                .counters
+                .connections
+                .fetch_add(1, Ordering::Relaxed);
             self.hub.gauges[self.index]
                 .connections
                 .fetch_add(1, Ordering::Relaxed);

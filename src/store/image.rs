@@ -169,7 +169,9 @@ impl Store {
                         at_ms: front.expires_ms,
                         name: name.clone(),
                     });
-                    store.channels.insert(name, ChannelBuffer { ring, evicted_upto });
+                    store
+                        .channels
+                        .insert(name, ChannelBuffer { ring, evicted_upto });
                 }
                 None => {
                     let b = store.bucket(&name);
@@ -206,7 +208,8 @@ mod tests {
         s.publish(chans(&["gone"]), None, "0", 0).expect("room");
         s.expire(1000, 100); // "gone" is forgotten with evicted_upto 1
         s.publish(chans(&["a"]), Some(3), "1", 500).expect("room");
-        s.publish(chans(&["a", "b"]), None, "{\"x\":2}", 900).expect("room");
+        s.publish(chans(&["a", "b"]), None, "{\"x\":2}", 900)
+            .expect("room");
         s.publish(chans(&["a"]), None, "3", 1000).expect("room"); // evicts seq 2 from a
         s
     }
