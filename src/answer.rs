@@ -107,6 +107,94 @@ impl Segments for Answer {
     }
 }
 
+/// What a response says of itself, read back from its own bytes by `Answer::summary`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub status: u16,
+    /// A poll's answer (`encode`'s form), not a health check, preflight or error.
+    pub poll: bool,
+    /// A poll's answer with at least one message.
+    pub messages: bool,
+    /// A poll's answer with `reset: true`.
+    pub reset: bool,
+}
+
+const RESET_END: &[u8] = b",\"reset\":true}";
+const CURSOR_KEY: &[u8] = b"],\"cursor\":\"";
+
+impl Answer {
+    fn first_bytes(&self) -> &[u8] {
+        match self {
+            Answer::Flat(v) => v,
+            Answer::Refs(r) => &r.head,
+        }
+    }
+
+    fn last_bytes(&self) -> &[u8] {
+        match self {
+            Answer::Flat(v) => v,
+            Answer::Refs(r) => &r.trailer,
+        }
+    }
+
+    /// Status, kind and outcome in O(1): the status line's code, and the body's end (`encode`
+    /// ends a poll's answer with its trailer, `],"cursor":"…"}` with `,"reset":true` before
+    /// the brace when set; a cursor holds no quote, so the last `],"cursor":"` is the
+    /// trailer's, and the byte before it is `[` exactly when no message precedes it).
+    pub fn summary(&self) -> Summary {
+        let first = self.first_bytes();
+        let status = first
+            .get(9..12)
+            .and_then(|d| std::str::from_utf8(d).ok())
+            .and_then(|d| d.parse().ok())
+            .unwrap_or(0);
+        let mut s = Summary {
+            status,
+            ..Summary::default()
+        };
+        let last = self.last_bytes();
+        if status != 200 || !(last.ends_with(b"\"}") || last.ends_with(RESET_END)) {
+            return s;
+        }
+        let tail = &last[last
+            .len()
+            .saturating_sub(CURSOR_KEY.len() + cursor::MAX_LEN + 16)..];
+        let Some(at) = tail
+            .windows(CURSOR_KEY.len())
+            .rposition(|w| w == CURSOR_KEY)
+        else {
+            return s;
+        };
+        s.poll = true;
+        s.reset = last.ends_with(RESET_END);
+        s.messages = match self {
+            Answer::Refs(r) => !r.msgs.is_empty(),
+            Answer::Flat(_) => at == 0 || tail[at - 1] != b'[',
+        };
+        s
+    }
+
+    /// The number of messages of a poll's answer (`c`); 0 for anything else. Reads the body's
+    /// start: O(head length), for the access log only.
+    pub fn message_count(&self) -> usize {
+        if let Answer::Refs(r) = self {
+            return r.msgs.len();
+        }
+        let bytes = self.first_bytes();
+        let Some(body) = bytes.windows(4).position(|w| w == b"\r\n\r\n") else {
+            return 0;
+        };
+        let rest = &bytes[body + 4..];
+        let Some(digits) = rest.strip_prefix(b"{\"c\":") else {
+            return 0;
+        };
+        digits
+            .iter()
+            .take_while(|b| b.is_ascii_digit())
+            .fold(0, |n, d| n * 10 + usize::from(d - b'0'))
+    }
+}
+
 /// The whole HTTP response answering a poll on `channels` with what `found` holds.
 pub fn encode<S: AsRef<str>>(
     found: &Found,
@@ -243,6 +331,43 @@ mod tests {
             );
             assert_eq!(flat, text.as_bytes());
         }
+    }
+
+    #[test]
+    fn a_summary_reads_every_form_back() {
+        for (size, n, reset) in [
+            (10, 0, false),
+            (10, 0, true),
+            (10, 3, false),
+            (10, 3, true),
+            (5000, 3, true),
+            (60_000, 100, false),
+        ] {
+            let (_store, f) = found(size, n, reset);
+            let a = encode(&f, &["a"], 7, false, Some("*"));
+            let s = a.summary();
+            let want = Summary {
+                status: 200,
+                poll: true,
+                messages: n > 0,
+                reset,
+            };
+            assert_eq!(s, want, "{size} x {n}, reset {reset}");
+            assert_eq!(a.message_count(), n);
+        }
+        // A message whose data looks like a trailer does not fool it: the trailer is last.
+        let mut store = Store::new(7, 10, 60_000, usize::MAX);
+        let _ = store.publish(vec!["a".into()].into(), None, r#"{"a":[],"cursor":"x"}"#, 0);
+        let a = encode(&store.read(&["a"], 0, 0, 100), &["a"], 7, false, None);
+        assert!(a.summary().messages);
+        for (err, status) in [(response::NOT_FOUND, 404), (response::OVER_CAPACITY, 503)] {
+            let a = Answer::Flat(response::error_bytes(&err, false, None));
+            let s = a.summary();
+            assert_eq!((s.status, s.poll, a.message_count()), (status, false, 0));
+        }
+        let mut health = Vec::new();
+        response::write(&mut health, 200, &Extra::default(), b"{\"ok\":true}");
+        assert!(!Answer::Flat(health).summary().poll);
     }
 
     #[test]

@@ -98,6 +98,14 @@ const SERVE_USAGE: Usage = Usage {
             "--state-file PATH",
             "drain writes the store here; start continues it (same epoch) [none]",
         ),
+        (
+            "--metrics-listen ADDR",
+            "serve GET /metrics (Prometheus) there; loopback unless --allow-anonymous [off]",
+        ),
+        (
+            "--access-log PATH",
+            "one line per answered request, appended to PATH; - for stderr [off]",
+        ),
         ("-h, --help", "print this and exit"),
     ],
 };
@@ -226,15 +234,15 @@ fn text(opt: &str, v: OsString) -> Result<String, String> {
         .map_err(|_| format!("{opt}: not valid UTF-8"))
 }
 
-fn addr(v: OsString) -> Result<SocketAddr, String> {
-    let s = text("--listen", v)?;
+fn addr(opt: &str, v: OsString) -> Result<SocketAddr, String> {
+    let s = text(opt, v)?;
     if let Ok(a) = s.parse() {
         return Ok(a);
     }
     s.to_socket_addrs()
         .ok()
         .and_then(|mut i| i.next())
-        .ok_or_else(|| format!("--listen: {s:?} is not an address (HOST:PORT)"))
+        .ok_or_else(|| format!("{opt}: {s:?} is not an address (HOST:PORT)"))
 }
 
 fn err(e: lexopt::Error) -> String {
@@ -265,7 +273,17 @@ fn parse_serve(p: &mut lexopt::Parser) -> Result<Cmd, String> {
     while let Some(arg) = p.next().map_err(err)? {
         match arg {
             Long("help") | Short('h') => return Ok(Cmd::Help(SERVE_USAGE.text())),
-            Long("listen") => listen.push(addr(p.value().map_err(err)?)?),
+            Long("listen") => listen.push(addr("--listen", p.value().map_err(err)?)?),
+            Long("metrics-listen") => {
+                c.metrics_listen = Some(addr("--metrics-listen", p.value().map_err(err)?)?)
+            }
+            Long("access-log") => {
+                let path: PathBuf = p.value().map_err(err)?.into();
+                if path.as_os_str().is_empty() {
+                    return Err("--access-log must not be empty (- for stderr)".into());
+                }
+                c.access_log = Some(path);
+            }
             Long("publish-socket") => c.publish_socket = p.value().map_err(err)?.into(),
             Long("publish-socket-mode") => {
                 let s = text("--publish-socket-mode", p.value().map_err(err)?)?;
@@ -367,6 +385,14 @@ fn parse_serve(p: &mut lexopt::Parser) -> Result<Cmd, String> {
     }
     if c.publish_socket.as_os_str().is_empty() {
         return Err("--publish-socket must not be empty".into());
+    }
+    // A token protects polls, not the figures: only --allow-anonymous opens /metrics wider.
+    if let Some(a) = c.metrics_listen.filter(|a| !a.ip().is_loopback()) {
+        if !c.allow_anonymous {
+            return Err(format!(
+                "--metrics-listen {a} is not loopback: give --allow-anonymous to serve the figures to anyone who can reach it"
+            ));
+        }
     }
     if c.secret_file.is_none() && !c.allow_anonymous {
         if let Some(a) = c.listen.iter().find(|a| !a.ip().is_loopback()) {
@@ -576,6 +602,24 @@ mod tests {
         assert_eq!(serve("--max-publishers 3").max_publishers, 3);
         let c = serve("--listen 0.0.0.0:0 --secret-file /x");
         assert!(c.secret_file.is_some());
+        assert_eq!((c.metrics_listen, c.access_log.clone()), (None, None));
+        let c = serve("--metrics-listen 127.0.0.1:9090 --access-log -");
+        assert_eq!(c.metrics_listen, Some("127.0.0.1:9090".parse().unwrap()));
+        assert_eq!(c.access_log, Some(PathBuf::from("-")));
+        let c = serve("--metrics-listen 0.0.0.0:9090 --allow-anonymous");
+        assert_eq!(c.metrics_listen, Some("0.0.0.0:9090".parse().unwrap()));
+    }
+
+    #[test]
+    fn metrics_off_loopback_needs_allow_anonymous_even_with_a_secret() {
+        for bad in [
+            "--metrics-listen 0.0.0.0:9090",
+            "--metrics-listen 0.0.0.0:9090 --secret-file /x",
+            "--metrics-listen nowhere",
+        ] {
+            let e = parse_str(bad).expect_err(bad);
+            assert!(e.contains("--metrics-listen"), "{bad}: {e}");
+        }
     }
 
     #[test]

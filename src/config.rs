@@ -62,6 +62,10 @@ pub struct Config {
     pub write_timeout_secs: u64,
     /// `--state-file`: where the drain writes the server's state and a start reads it.
     pub state_file: Option<PathBuf>,
+    /// `--metrics-listen`: where `GET /metrics` is served (off when `None`).
+    pub metrics_listen: Option<SocketAddr>,
+    /// `--access-log`: the access log's file, `-` for stderr (off when `None`).
+    pub access_log: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -87,6 +91,8 @@ impl Default for Config {
             idle_timeout_secs: DEFAULT_IDLE_TIMEOUT_SECS,
             write_timeout_secs: DEFAULT_WRITE_TIMEOUT_SECS,
             state_file: None,
+            metrics_listen: None,
+            access_log: None,
         }
     }
 }

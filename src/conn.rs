@@ -13,6 +13,9 @@
 //!   read while parked (a pipelined request waits in the kernel or in `pending.input`), but a
 //!   hang-up is noticed through RDHUP.
 //!
+//! Every response starts in `respond`, which reports it to `cx.observer` (metrics, access log)
+//! and counts it in `Step::answered`.
+//!
 //! Output that could not be written at once is in `pending.out`; while it is there no further
 //! request is taken (one response in flight per connection bounds its memory) and the write
 //! deadline (`--write-timeout`, 30 s) runs instead of the phase's.
@@ -31,6 +34,7 @@ use slab::Slab;
 use crate::answer::Answer;
 use crate::http::{self, Method, MAX_HEAD};
 use crate::hub::Hub;
+use crate::observer::{Observer, Served};
 use crate::poll::{self, Outcome, Park};
 use crate::pool::BufferPool;
 use crate::response::{self, ApiError};
@@ -117,6 +121,9 @@ pub struct Step {
     /// Answers with at least one message that were handed to the socket (the `delivered`
     /// counter; counted here, where every answer passes).
     pub delivered: u32,
+    /// Responses started by this step, each reported to `cx.observer` in order (the access
+    /// log takes this many of its records for this connection).
+    pub answered: u32,
 }
 
 impl Step {
@@ -125,6 +132,7 @@ impl Step {
             next,
             timer: None,
             delivered: 0,
+            answered: 0,
         }
     }
 }
@@ -135,6 +143,8 @@ pub struct Ctx<'a> {
     pub pool: &'a mut BufferPool,
     /// The reactor's clock (ms) for this turn.
     pub now: u64,
+    /// Where every response started is reported (metrics, access log).
+    pub observer: &'a mut Observer,
 }
 
 impl Ctx<'_> {
@@ -284,7 +294,7 @@ impl<S: Transport> Conn<S> {
             Phase::Head => {
                 let mut step = Step::new(Next::Wait);
                 let err = self.error(&response::REQUEST_TIMEOUT, cx);
-                self.respond(err, true, cx, &mut step);
+                self.respond(err, true, Served::OTHER, cx, &mut step);
                 step
             }
         }
@@ -301,7 +311,7 @@ impl<S: Transport> Conn<S> {
             Phase::Head if self.has_input() => {
                 let mut step = Step::new(Next::Wait);
                 let err = self.error(&response::DRAINING, cx);
-                self.respond(err, true, cx, &mut step);
+                self.respond(err, true, Served::OTHER, cx, &mut step);
                 step
             }
             _ => Step::new(Next::Close),
@@ -320,7 +330,9 @@ impl<S: Transport> Conn<S> {
         self.set(TOKEN_TIMER, false);
         step.delivered = u32::from(delivered);
         let close = self.has(CLOSE_AFTER);
-        if self.respond(out, close, cx, &mut step) && (self.has(READABLE) || self.has_input()) {
+        if self.respond(out, close, Served::PARKED, cx, &mut step)
+            && (self.has(READABLE) || self.has_input())
+        {
             // A pipelined request waits behind the answer: serve it after this turn.
             step.next = Next::Later;
         }
@@ -335,10 +347,19 @@ impl<S: Transport> Conn<S> {
 
     /// Starts sending a response; false (and `step.next = Close`) if the connection is to be
     /// closed now.
-    fn respond(&mut self, out: Out, close: bool, cx: &Ctx<'_>, step: &mut Step) -> bool {
+    fn respond(
+        &mut self,
+        out: Out,
+        close: bool,
+        served: Served,
+        cx: &mut Ctx<'_>,
+        step: &mut Step,
+    ) -> bool {
         if close {
             self.set(CLOSE_AFTER, true);
         }
+        cx.observer.response(cx.hub, out.answer(), served);
+        step.answered += 1;
         let mut pos = 0;
         match sockio::write_segments(&mut self.sock, out.answer(), &mut pos) {
             Ok(true) => {
@@ -530,10 +551,12 @@ impl<S: Transport> Conn<S> {
                             bytes,
                             close,
                             delivered,
+                            channels,
                         } => {
                             step.delivered += u32::from(delivered);
-                            if !self.respond(Out::Own(bytes), close || close_anyway, cx, &mut step)
-                            {
+                            let (out, close) = (Out::Own(bytes), close || close_anyway);
+                            let served = Served::at_once(channels);
+                            if !self.respond(out, close, served, cx, &mut step) {
                                 break Next::Close;
                             }
                         }
@@ -552,7 +575,8 @@ impl<S: Transport> Conn<S> {
                                         p.close,
                                         cx.cors(),
                                     )));
-                                    if !self.respond(err, p.close, cx, &mut step) {
+                                    let served = Served::at_once(p.channels.len() as u8);
+                                    if !self.respond(err, p.close, served, cx, &mut step) {
                                         break Next::Close;
                                     }
                                 }
@@ -568,7 +592,7 @@ impl<S: Transport> Conn<S> {
                         http::HeadError::Malformed => response::BAD_REQUEST,
                     };
                     let err = self.error(&err, cx);
-                    if !self.respond(err, true, cx, &mut step) {
+                    if !self.respond(err, true, Served::OTHER, cx, &mut step) {
                         break Next::Close;
                     }
                     continue;

@@ -9,6 +9,7 @@ use crate::sockio::fake::FakeSock;
 struct World {
     hub: Hub,
     pool: BufferPool,
+    observer: Observer,
     now: u64,
 }
 
@@ -17,6 +18,7 @@ impl World {
         World {
             hub: Hub::new(Config::default(), 100, None, 1),
             pool: BufferPool::new(MAX_HEAD, 4),
+            observer: Observer::default(),
             now: 1_000,
         }
     }
@@ -26,6 +28,7 @@ impl World {
             hub: &self.hub,
             pool: &mut self.pool,
             now: self.now,
+            observer: &mut self.observer,
         }
     }
 

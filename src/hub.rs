@@ -1,19 +1,24 @@
-//! State shared by every thread of one server run: the channel store, the counters of the
-//! stats line, each reactor's gauges, the clock, the token secret, and the way to reach each
-//! reactor.
+//! State shared by every thread of one server run: the channel store, the global counters,
+//! each reactor's gauges and counters, the clock, the token secret, the fleet link's figures
+//! (once fleet mode registers them), and the way to reach each reactor.
 //!
-//! Invariants: the store is only written through `ingest` (appends and the TTL sweep),
-//! from whichever threads publish; the counters and gauges are updated with relaxed atomics (they are reports, not
+//! Invariants: the store is only written through `ingest` (appends and the TTL sweep), from
+//! whichever threads publish, and `ingest` mirrors its O(1) figures into `counters.store` after
+//! each write; the counters and gauges are updated with relaxed atomics (they are reports, not
 //! synchronisation; `counters.connections` is also the admission count, a fetch-add that
-//! cannot overshoot); a reactor's gauges are written only by that reactor and read by anyone
-//! without a round trip. The clock is monotonic milliseconds since start, and every deadline in
-//! pnsd is expressed on it; a `Clock::manual()` clock only moves when a test advances it.
+//! cannot overshoot); a reactor's gauges are written only by that reactor (each on its own
+//! cache line, so no reactor contends with another) and read by anyone without a round trip:
+//! the stats line and `/metrics` sum them. The clock is monotonic milliseconds since start, and
+//! every deadline in pnsd is expressed on it; a `Clock::manual()` clock only moves when a test
+//! advances it.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{mpsc, Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Instant;
 
+use crate::access_log::AccessLog;
 use crate::config::Config;
+use crate::metrics::{FleetLink, ReactorTally};
 use crate::state::ConnImage;
 use crate::stats::WaitingReply;
 use crate::store::Store;
@@ -64,16 +69,33 @@ impl Default for Clock {
     }
 }
 
-/// Counters of the stats line that the store does not know.
+/// Counters shared by the threads (the per-reactor ones are in `ReactorGauges`).
 #[derive(Debug, Default)]
 pub struct Counters {
+    /// HTTP connections held: the admission count (see the module documentation).
     pub connections: AtomicUsize,
-    pub parked: AtomicUsize,
-    pub delivered: AtomicU64,
+    /// Lines answered with an error on the publish socket (malformed, too long, refused).
+    pub publish_errors: AtomicU64,
+    /// The store's figures, as `ingest` left them after its last write.
+    pub store: StoreFigures,
 }
 
-/// One reactor's gauges, kept by that reactor, read by any thread without asking it.
+/// The store's O(1) figures, mirrored by `ingest` under the write lock so that a reader
+/// (`/metrics`) never takes the store's lock.
 #[derive(Debug, Default)]
+pub struct StoreFigures {
+    /// Channels holding at least one message.
+    pub channels: AtomicUsize,
+    /// Messages held in at least one channel buffer (each message once).
+    pub messages: AtomicUsize,
+    /// Messages accepted since start.
+    pub published: AtomicU64,
+}
+
+/// One reactor's gauges and counters, kept by that reactor, read by any thread without asking
+/// it. Aligned to its own cache lines: a reactor's increments never bounce another's line.
+#[derive(Debug, Default)]
+#[repr(align(128))]
 pub struct ReactorGauges {
     /// Connections this reactor holds.
     pub connections: AtomicUsize,
@@ -81,6 +103,13 @@ pub struct ReactorGauges {
     pub parked: AtomicUsize,
     /// Channels with at least one parked poll on this reactor (its waiter index's size).
     pub waiting_channels: AtomicUsize,
+    /// Server-Sent-Events streams open on this reactor (kept by the SSE subscriber; 0 until
+    /// streams exist).
+    pub sse_streams: AtomicUsize,
+    /// Answers with at least one message handed to the socket by this reactor.
+    pub delivered: AtomicU64,
+    /// Answers by outcome, errors by status, refusals, accept pauses, fan-out times.
+    pub tally: ReactorTally,
 }
 
 /// A message for a reactor thread.
@@ -90,6 +119,8 @@ pub enum Command {
     Published {
         last_seq: u64,
         channels: Arc<[Box<str>]>,
+        /// When `ingest` accepted the first of these messages (fan-out time starts).
+        accepted: Instant,
     },
     /// Report the channels that have parked polls on this thread, through the reply (which
     /// wakes the asker; see `stats`).
@@ -150,6 +181,10 @@ pub struct Hub {
     pub draining: AtomicBool,
     /// Processes this server's state has lived in (see `state`): 1 for a fresh store.
     pub generation: u64,
+    /// The fleet link's figures for `/metrics`, registered once by fleet mode's start-up.
+    pub fleet: OnceLock<Arc<dyn FleetLink>>,
+    /// `--access-log`, opened at start; each reactor writes through its own descriptor.
+    pub access_log: Option<AccessLog>,
     store: RwLock<Store>,
 }
 
@@ -173,6 +208,8 @@ impl Hub {
             gauges,
             draining: AtomicBool::new(false),
             generation: 1,
+            fleet: OnceLock::new(),
+            access_log: None,
             store: RwLock::new(store),
         }
     }
@@ -197,5 +234,21 @@ impl Hub {
 
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Polls parked on every reactor (the sum of their gauges).
+    pub fn parked(&self) -> usize {
+        self.gauges
+            .iter()
+            .map(|g| g.parked.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// Answers with messages delivered by every reactor.
+    pub fn delivered(&self) -> u64 {
+        self.gauges
+            .iter()
+            .map(|g| g.delivered.load(Ordering::Relaxed))
+            .sum()
     }
 }

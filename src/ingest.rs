@@ -16,9 +16,14 @@
 //!   ends or its `Batch` is finished or dropped, after the lock is released.
 //! - A message's clock time is read under the write lock, so expiry times never decrease along
 //!   the seq order even with several sources (the store's expiry relies on it).
+//! - After every write, still under the lock, the store's O(1) figures are mirrored into
+//!   `hub.counters.store` (three relaxed stores), so `/metrics` never takes the lock.
+//! - A `Command::Published` carries the instant its slice's first message was accepted: the
+//!   start of `pnsd_fanout_seconds`.
 
 use std::collections::HashSet;
 use std::fmt;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
@@ -94,6 +99,7 @@ impl Ingest {
             held_since: Instant::now(),
             in_slice: 0,
             pending: Vec::new(),
+            first_accepted: None,
         }
     }
 
@@ -108,8 +114,19 @@ impl Ingest {
     pub fn sweep(&self, max: usize) -> bool {
         let mut store = self.hub.write();
         let now = self.hub.clock.now_ms();
-        store.expire(now, max)
+        let more = store.expire(now, max);
+        mirror(&self.hub, &store);
+        more
     }
+}
+
+/// Copies the store's O(1) figures into the hub's atomics (under the write lock).
+fn mirror(hub: &Hub, store: &Store) {
+    let f = &hub.counters.store;
+    let s = store.stats();
+    f.channels.store(s.channels, Ordering::Relaxed);
+    f.messages.store(s.messages, Ordering::Relaxed);
+    f.published.store(s.published, Ordering::Relaxed);
 }
 
 /// Appends in order, holding the store's write lock for a slice at most; announces what it
@@ -122,6 +139,8 @@ pub struct Batch<'a> {
     in_slice: usize,
     /// The messages appended since the reactors were last told.
     pending: Vec<Arc<Message>>,
+    /// When the first of `pending` was accepted.
+    first_accepted: Option<Instant>,
 }
 
 impl Batch<'_> {
@@ -144,6 +163,10 @@ impl Batch<'_> {
             self.pending.push(msg);
             accepted
         });
+        mirror(&ingest.hub, store);
+        if result.is_ok() && self.first_accepted.is_none() {
+            self.first_accepted = Some(Instant::now());
+        }
         self.in_slice += 1;
         if self.in_slice >= SLICE_PUBLISHES || self.held_since.elapsed() >= SLICE_TIME {
             self.finish();
@@ -176,10 +199,12 @@ impl Batch<'_> {
                 .collect()
         };
         self.pending.clear();
+        let accepted = self.first_accepted.take().unwrap_or_else(Instant::now);
         for r in self.ingest.reactors.iter() {
             r.send(Command::Published {
                 last_seq,
                 channels: channels.clone(),
+                accepted,
             });
         }
     }
@@ -219,9 +244,9 @@ mod tests {
     fn published(rx: &mpsc::Receiver<Command>) -> Vec<(u64, Vec<String>)> {
         rx.try_iter()
             .map(|c| match c {
-                Command::Published { last_seq, channels } => {
-                    (last_seq, channels.iter().map(|c| c.to_string()).collect())
-                }
+                Command::Published {
+                    last_seq, channels, ..
+                } => (last_seq, channels.iter().map(|c| c.to_string()).collect()),
                 other => panic!("unexpected {other:?}"),
             })
             .collect()

@@ -7,7 +7,8 @@
 //! - `sockio`: the one socket I/O layer (bounded read, writes with back-pressure, vectored
 //!   writes, accept with EMFILE back-off), generic over TCP, Unix and test sockets;
 //! - `conn`: one HTTP connection's state machine (private state, one entry point per event,
-//!   each returning the reactor's next step), generic over its transport;
+//!   each returning the reactor's next step), generic over its transport; every response it
+//!   starts is reported to the reactor's `observer` (metrics tally, access log record);
 //! - `http`: request head parsing (httparse), no I/O; `query`: the poll's parameters;
 //! - `poll`: the endpoints: answer at once or park; `answer`: a poll's answer bytes (flat, or
 //!   by reference to the stored messages); `response`: HTTP heads and errors;
@@ -26,10 +27,15 @@
 //! - `upgrade`: hands the running server to a new binary (a child inheriting the descriptors
 //!   and a state memfd), or serves on unchanged when that fails;
 //! - `systemd`: socket activation (inherited listeners) and sd_notify state messages;
+//! - `stats`: the stats line's figures, gathered from the reactors without blocking, and
+//!   rendered; `metrics`: the same figures and more for Prometheus (`/metrics`, its own thread
+//!   and listener), read from atomics only; `access_log`: one line per answered request,
+//!   buffered per reactor;
 //! - `fleet`: fleet mode's Redis side (the log, the epoch, the publisher client, the feed thread);
 //! - `backoff`: accept back-off on EMFILE; `hub`: what the threads share (store, counters,
 //!   per-reactor gauges, clock); `pool`: read buffers; `cli`, `client`, `config`.
 
+pub mod access_log;
 pub mod answer;
 pub mod backoff;
 pub mod cli;
@@ -42,6 +48,8 @@ pub mod http;
 pub mod hub;
 pub mod ingest;
 pub mod line;
+pub mod metrics;
+pub mod observer;
 pub mod parked;
 pub mod poll;
 pub mod pool;

@@ -6,8 +6,8 @@
 //!
 //! Invariants:
 //! - A subscriber is in the waiter index exactly while it is parked: `park` links it, and it
-//!   is unlinked (`unlink`) before it is answered or forgotten; the `parked` counter, this
-//!   reactor's `parked` and `waiting_channels` gauges move with the index and nowhere else.
+//!   is unlinked (`unlink`) before it is answered or forgotten; this reactor's `parked` and
+//!   `waiting_channels` gauges move with the index and nowhere else.
 //! - An answer is always built from a fresh read with the subscriber's own cursor, so it never
 //!   skips a message published after the poll looked.
 //! - Encode once: within one call (one woken channel, one slice of expiries, one drain)
@@ -142,7 +142,6 @@ impl Parked {
         hub: &Hub,
     ) {
         sub.set_waits(self.waiters.park(key, channels));
-        hub.counters.parked.fetch_add(1, Ordering::Relaxed);
         hub.gauges[self.gauge]
             .parked
             .fetch_add(1, Ordering::Relaxed);
@@ -157,7 +156,6 @@ impl Parked {
         }
         self.waiters.unpark(sub.waits());
         sub.set_waits(waiters::NIL);
-        hub.counters.parked.fetch_sub(1, Ordering::Relaxed);
         hub.gauges[self.gauge]
             .parked
             .fetch_sub(1, Ordering::Relaxed);
@@ -365,6 +363,7 @@ mod tests {
                 next: Next::Wait,
                 timer: None,
                 delivered: u32::from(delivered),
+                answered: 1,
             }
         }
     }
@@ -409,10 +408,12 @@ mod tests {
 
         fn wake(&mut self, channel: &str, last_seq: u64) -> Vec<(u32, Step)> {
             let mut steps = Vec::new();
+            let mut observer = crate::observer::Observer::default();
             let mut cx = Ctx {
                 hub: &self.hub,
                 pool: &mut self.pool,
                 now: 0,
+                observer: &mut observer,
             };
             self.parked
                 .on_published(channel, last_seq, &mut self.subs, &mut cx, &mut steps);
@@ -490,10 +491,12 @@ mod tests {
         // A publish on another channel's seq does not wake them.
         assert!(w.wake("a", seq).is_empty());
         let mut steps = Vec::new();
+        let mut observer = crate::observer::Observer::default();
         let mut cx = Ctx {
             hub: &w.hub,
             pool: &mut w.pool,
             now: 0,
+            observer: &mut observer,
         };
         w.parked
             .on_hold_over(&[k1], &mut w.subs, &mut cx, &mut steps);

@@ -43,11 +43,13 @@ pub struct Park {
 /// What to do with one request.
 #[derive(Debug)]
 pub enum Outcome {
-    /// Send `bytes`; `delivered` when they answer a poll with at least one message.
+    /// Send `bytes`; `delivered` when they answer a poll with at least one message;
+    /// `channels`: how many channels a poll's answer is for (0 for errors and other paths).
     Respond {
         bytes: Answer,
         close: bool,
         delivered: bool,
+        channels: u8,
     },
     Park(Park),
 }
@@ -144,6 +146,7 @@ pub fn handle(head: &RequestHead, hub: &Hub, now_ms: u64) -> Outcome {
             bytes: Answer::Flat(bytes),
             close: close || e.closes(),
             delivered: false,
+            channels: 0,
         }
     };
     if head.method == Method::Get && (head.content_length > 0 || head.transfer_encoding) {
@@ -168,6 +171,7 @@ pub fn handle(head: &RequestHead, hub: &Hub, now_ms: u64) -> Outcome {
                 bytes: Answer::Flat(bytes),
                 close,
                 delivered: false,
+                channels: 0,
             };
         }
         (HEALTH_PATH, Method::Get | Method::Head) => {
@@ -187,6 +191,7 @@ pub fn handle(head: &RequestHead, hub: &Hub, now_ms: u64) -> Outcome {
                 bytes: Answer::Flat(bytes),
                 close,
                 delivered: false,
+                channels: 0,
             };
         }
         (POLL_PATH, _) | (HEALTH_PATH, _) => return err(response::METHOD_NOT_ALLOWED, cors),
@@ -244,6 +249,8 @@ pub fn handle(head: &RequestHead, hub: &Hub, now_ms: u64) -> Outcome {
         bytes,
         close,
         delivered: !found.messages.is_empty(),
+        // At most `MAX_CHANNELS` (16).
+        channels: channels.len().min(usize::from(u8::MAX)) as u8,
     }
 }
 

@@ -20,6 +20,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, Receiver, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -359,9 +360,11 @@ impl Publisher {
             return;
         }
         let mut start = 0;
+        let mut errors = 0;
         let mut id = String::with_capacity(crate::cursor::MAX_LEN);
         while let Some(frame) = c.framer.next(&c.input, &mut start) {
             let Frame::Line(text) = frame else {
+                errors += 1;
                 line::error_line(&mut c.out, &line::too_long_error());
                 continue;
             };
@@ -372,7 +375,10 @@ impl Publisher {
                         crate::cursor::encode_into(&mut id, accepted.epoch, accepted.seq);
                         line::ack_line(&mut c.out, &id);
                     }
-                    Err(refused) => line::error_line(&mut c.out, &refused.to_string()),
+                    Err(refused) => {
+                        errors += 1;
+                        line::error_line(&mut c.out, &refused.to_string())
+                    }
                 },
                 Ok(Request::Stats) => {
                     let (hub, reactors) = (self.ingest.hub(), self.ingest.reactors());
@@ -391,8 +397,15 @@ impl Publisher {
                     }
                     break;
                 }
-                Err(e) => line::error_line(&mut c.out, &e),
+                Err(e) => {
+                    errors += 1;
+                    line::error_line(&mut c.out, &e)
+                }
             }
+        }
+        if errors > 0 {
+            let counters = &self.ingest.hub().counters;
+            counters.publish_errors.fetch_add(errors, Ordering::Relaxed);
         }
         batch.release();
         c.input.drain(..start);

@@ -18,13 +18,18 @@
 //!   wake-up or an accept is never held behind it. A backlog expiry whose connection was
 //!   re-armed (or replaced: a new connection is armed at once) since is skipped.
 //! - This reactor's `connections` gauge moves with the slab; `parked` owns the other gauges.
+//! - Everything `/metrics` and the access log learn goes through `observer`: relaxed counters
+//!   on this reactor's own gauges, and (with `--access-log`) records taken `Step::answered` at
+//!   a time in `apply`, before a close can forget the connection; the log's buffer is written
+//!   once at the end of each loop turn. A publish wake-up that answered someone records its
+//!   fan-out time (`Command::Published::accepted` to the end of the wake-up).
 
 use std::collections::VecDeque;
 use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use log::warn;
 use mio::net::{TcpListener, TcpStream};
@@ -35,10 +40,11 @@ use crate::backoff::AcceptBackoff;
 use crate::conn::{Conn, Ctx, Next, Step};
 use crate::http::MAX_HEAD;
 use crate::hub::{Clock, Command, Hub};
+use crate::observer::Observer;
 use crate::parked::Parked;
 use crate::pool::BufferPool;
 use crate::response;
-use crate::sockio::{self, Accepted};
+use crate::sockio::{self, Accepted, Lingering};
 use crate::wheel::{tick_up, HoldWheel, TICK_MS};
 
 /// A connection's context from the reactor's fields (a macro, so the other fields stay free
@@ -49,6 +55,7 @@ macro_rules! cx {
             hub: &$r.hub,
             pool: &mut $r.pool,
             now: $r.now,
+            observer: &mut $r.observer,
         }
     };
 }
@@ -67,6 +74,12 @@ pub const ACCEPT_BATCH: usize = 256;
 pub const EXPIRE_SLICE: usize = 1024;
 /// Events taken from epoll per wake-up.
 const EVENTS: usize = 1024;
+/// Connections refused at `--max-connections` kept at once per reactor after their 503 (a
+/// connect flood past it closes the oldest at once: refusals never pin more descriptors).
+const REFUSED_KEPT: usize = 32;
+/// How long a refused connection is kept, its request read and dropped, so that closing it
+/// sends a FIN and not a reset that could cost the client its 503.
+const REFUSED_LINGER_MS: u64 = 200;
 /// Read buffers kept free in the pool: enough for a burst, bounded whatever the load was.
 const POOL_KEEP: usize = 64;
 /// The drain's deadline: the process must exit within 5 s of the signal.
@@ -101,6 +114,10 @@ pub struct Reactor {
     steps: Vec<(u32, Step)>,
     drain_until: Option<u64>,
     accept_backoff: AcceptBackoff,
+    /// Connections refused at `--max-connections`, kept a moment after their 503.
+    refused: Lingering<TcpStream>,
+    /// Counts every response for `/metrics` and records it for the access log.
+    observer: Observer,
     /// The clock (ms) read once per loop turn.
     now: u64,
 }
@@ -133,6 +150,10 @@ impl Reactor {
         // touched only as connections arrive.
         let capacity = hub.max_connections.min(1 << 20);
         let index = index.min(hub.gauges.len().saturating_sub(1));
+        let log = match &hub.access_log {
+            Some(l) => Some(l.for_reactor()?),
+            None => None,
+        };
         Ok(Reactor {
             poll,
             listeners,
@@ -151,6 +172,8 @@ impl Reactor {
             steps: Vec::new(),
             drain_until: None,
             accept_backoff: AcceptBackoff::default(),
+            refused: Lingering::new(REFUSED_KEPT, REFUSED_LINGER_MS),
+            observer: Observer::new(index, log),
             now,
         })
     }
@@ -183,6 +206,7 @@ impl Reactor {
             self.commands();
             self.tick();
             self.serve_ready();
+            self.observer.end_turn();
             if let Some(until) = self.drain_until {
                 if self.conns.is_empty() || self.now >= until {
                     return;
@@ -195,7 +219,11 @@ impl Reactor {
         if !self.ready.is_empty() || self.expired_at < self.expired.len() {
             return Some(Duration::ZERO);
         }
-        if self.wheel.is_empty() && self.drain_until.is_none() && !self.accept_backoff.is_paused() {
+        if self.wheel.is_empty()
+            && self.drain_until.is_none()
+            && !self.accept_backoff.is_paused()
+            && self.refused.is_empty()
+        {
             return None;
         }
         let now = self.clock.now_ms();
@@ -215,10 +243,13 @@ impl Reactor {
     /// Carries out what a connection asked for.
     fn apply(&mut self, key: u32, step: Step) {
         if step.delivered > 0 {
-            self.hub
-                .counters
-                .delivered
-                .fetch_add(u64::from(step.delivered), Ordering::Relaxed);
+            self.observer.delivered(&self.hub, step.delivered);
+        }
+        if step.answered > 0 {
+            let conn = self.conns.get(key as usize);
+            let peer = || conn.and_then(|c| c.sock().peer_addr().ok());
+            self.observer
+                .answered_by(key, step.answered, peer, self.now);
         }
         if matches!(step.next, Next::Close) || !self.conns.contains(key as usize) {
             self.close(key);
@@ -233,6 +264,7 @@ impl Reactor {
             Next::Park(p) => {
                 if let Some(c) = self.conns.get_mut(key as usize) {
                     self.parked.park(key, c, &p.channels, &self.hub);
+                    self.observer.parked(key, self.now, p.channels.len());
                 }
             }
             Next::Answer => self.answer_parked(&[key], false),
@@ -307,9 +339,16 @@ impl Reactor {
             let Some(listener) = self.listeners.get(i) else {
                 return;
             };
+            let was_paused = self.accept_backoff.is_paused();
             match sockio::accept(listener, &mut self.accept_backoff, self.now, "HTTP") {
                 Accepted::Stream(sock) => self.admit(sock),
-                Accepted::Empty | Accepted::Paused => return,
+                Accepted::Empty => return,
+                Accepted::Paused => {
+                    if !was_paused {
+                        self.observer.accept_paused(&self.hub);
+                    }
+                    return;
+                }
             }
         }
         self.ready.push_back(Ready::Listener(i));
@@ -322,8 +361,14 @@ impl Reactor {
             counters.connections.fetch_sub(1, Ordering::Relaxed);
             let cors = self.hub.config.cors_origin.as_deref();
             let bytes = response::error_bytes(&response::OVER_CAPACITY, true, cors);
-            // Best effort: a fresh socket's send buffer takes this small answer at once.
-            let _ = sockio::write_some(&mut sock, &bytes);
+            // Best effort: a fresh socket's send buffer takes this small answer at once. Then
+            // FIN, and its request is read and dropped for a moment instead of a reset.
+            self.observer
+                .refused(&self.hub, sock.peer_addr().ok(), bytes.len());
+            if sockio::write_some(&mut sock, &bytes).is_ok() {
+                let _ = sock.shutdown(std::net::Shutdown::Write);
+                self.refused.push(sock, self.now);
+            }
             return;
         }
         let _ = sock.set_nodelay(true);
@@ -352,6 +397,7 @@ impl Reactor {
         };
         self.parked.unlink(c, &self.hub);
         self.wheel.cancel(&mut self.conns, key);
+        self.observer.forget(key);
         let mut c = self.conns.remove(key as usize);
         let _ = self.poll.registry().deregister(c.sock_mut());
         self.hub
@@ -368,6 +414,7 @@ impl Reactor {
     /// Advances the wheel (once the previous expiries are done) and handles one slice of
     /// the due connections.
     fn tick(&mut self) {
+        self.refused.service(self.now);
         if self.accept_backoff.resume(self.now) {
             for i in 0..self.listeners.len() {
                 self.ready.push_back(Ready::Listener(i));
@@ -406,7 +453,11 @@ impl Reactor {
 
     fn command(&mut self, cmd: Command) {
         match cmd {
-            Command::Published { last_seq, channels } => self.wake(last_seq, &channels),
+            Command::Published {
+                last_seq,
+                channels,
+                accepted,
+            } => self.on_published(last_seq, &channels, accepted),
             Command::WaitingChannels(reply) => {
                 let _ = reply.send(self.parked.channel_names().map(Box::from).collect());
             }
@@ -416,16 +467,28 @@ impl Reactor {
         }
     }
 
-    /// Wakes the subscribers parked on `channels`, where messages up to `last_seq` are.
-    fn wake<S: AsRef<str>>(&mut self, last_seq: u64, channels: &[S]) {
+    /// Wakes the polls parked on `channels`; if any was answered, observes the fan-out time
+    /// (accepted by `ingest` → the last answer handed to the kernel, see `metrics`).
+    fn on_published(&mut self, last_seq: u64, channels: &[Box<str>], accepted: Instant) {
+        if self.wake(last_seq, channels) {
+            self.observer.fanout(&self.hub, accepted.elapsed());
+        }
+    }
+
+    /// Wakes the subscribers parked on `channels`, where messages up to `last_seq` are; true
+    /// when any was answered.
+    fn wake<S: AsRef<str>>(&mut self, last_seq: u64, channels: &[S]) -> bool {
         let mut steps = std::mem::take(&mut self.steps);
+        let mut answered = false;
         for ch in channels {
             let (mut cx, conns) = (cx!(self), &mut self.conns);
             self.parked
                 .on_published(ch.as_ref(), last_seq, conns, &mut cx, &mut steps);
+            answered |= !steps.is_empty();
             self.apply_all(&mut steps);
         }
         self.steps = steps;
+        answered
     }
 
     /// Section 6: stop accepting, answer every parked poll c=0 without advancing its cursor,

@@ -162,7 +162,7 @@ pub fn write_head(out: &mut Vec<u8>, status: u16, extra: &Extra<'_>, body_len: u
     if let Some(origin) = extra.cors {
         let _ = write!(
             out,
-            "Access-Control-Allow-Origin: {origin}\r\nAccess-Control-Expose-Headers: ETag\r\nVary: Origin\r\n"
+            "Access-Control-Allow-Origin: {origin}\r\nAccess-Control-Expose-Headers: ETag, Retry-After\r\nVary: Origin\r\n"
         );
         if extra.preflight {
             out.extend_from_slice(

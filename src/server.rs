@@ -3,8 +3,9 @@
 //! Order matters: everything that can fail (secret, publish socket, every listener of every
 //! thread) is done before any thread starts and before the start-up line is printed, so a
 //! failed start leaves nothing behind (a socket file it created is removed) and a printed line
-//! means the server is reachable at every address it names. Each reactor gets its index (its
-//! entry in `hub.gauges`) and the hub's clock.
+//! means the server is reachable at every address it names (`metrics=` too, with
+//! `--metrics-listen`). Each reactor gets its index (its entry in `hub.gauges`) and the hub's
+//! clock; the access log is opened before any thread starts.
 //!
 //! The publish socket's path is removed (on a failed start and at exit) only while it is still
 //! the socket this process bound, recognised by the device and inode recorded right after the
@@ -32,10 +33,12 @@ use mio::net::{TcpListener, UnixListener};
 use mio::{Poll, Waker};
 use socket2::{Domain, Socket, Type};
 
+use crate::access_log::AccessLog;
 use crate::config::{Config, FD_RESERVE};
 use crate::cursor;
 use crate::hub::{Command, Hub, ReactorLink};
 use crate::ingest::Ingest;
+use crate::metrics::MetricsServer;
 use crate::publish::Publisher;
 use crate::reactor::{Reactor, DRAIN_MS, WAKER};
 use crate::state::{self, LiveImage, ServerState, SocketFileImage};
@@ -431,9 +434,25 @@ pub fn serve(config: Config) -> Result<(), StartError> {
         }
     };
 
+    // Not carried by an upgrade: bound again (SO_REUSEPORT lets the new process bind while the
+    // old one still holds it; a scrape waiting in the old backlog is lost).
+    let metrics_listener = match config.metrics_listen {
+        Some(addr) => Some(bind_listener(addr).map_err(|e| {
+            StartError::Runtime(format!("cannot listen on --metrics-listen {addr}: {e}"))
+        })?),
+        None => None,
+    };
+    let access_log = match &config.access_log {
+        Some(path) => Some(AccessLog::open(path).map_err(|e| {
+            StartError::Runtime(format!("cannot open --access-log {}: {e}", path.display()))
+        })?),
+        None => None,
+    };
+
     let threads = config.threads;
     let state_file = config.state_file.clone();
     let mut hub = Hub::new(config, max_connections, secret, cursor::random_epoch());
+    hub.access_log = access_log;
     if let Some(i) = &inheritance {
         let c = &hub.config;
         let ttl_ms = c.message_ttl_secs.saturating_mul(1000);
@@ -482,6 +501,19 @@ pub fn serve(config: Config) -> Result<(), StartError> {
         adopt(live, &mut reactors, &mut publisher, hub.generation)?;
     }
 
+    let metrics = match metrics_listener {
+        Some(l) => {
+            let addr = l
+                .local_addr()
+                .map_err(|e| StartError::Runtime(format!("cannot listen for metrics: {e}")))?;
+            let (server, link) = MetricsServer::new(l, hub.clone()).map_err(|e| {
+                StartError::Runtime(format!("cannot start the metrics thread: {e}"))
+            })?;
+            Some((server, link, addr))
+        }
+        None => None,
+    };
+
     let mut handles = Vec::new();
     for (i, r) in reactors.into_iter().enumerate() {
         let h = std::thread::Builder::new()
@@ -497,9 +529,24 @@ pub fn serve(config: Config) -> Result<(), StartError> {
             .map_err(|e| StartError::Runtime(format!("cannot spawn the publish thread: {e}")))?,
     );
 
+    let mut metrics_word = String::new();
+    let mut metrics_link = None;
+    if let Some((server, link, addr)) = metrics {
+        handles.push(
+            std::thread::Builder::new()
+                .name("pnsd-metrics".into())
+                .spawn(move || server.run())
+                .map_err(|e| {
+                    StartError::Runtime(format!("cannot spawn the metrics thread: {e}"))
+                })?,
+        );
+        metrics_word = format!(" metrics=http://{addr}{}", crate::metrics::PATH);
+        metrics_link = Some(link);
+    }
+
     let urls: Vec<String> = addrs.iter().map(|a| format!("http://{a}")).collect();
     println!(
-        "pnsd listening on {} publish={} threads={}",
+        "pnsd listening on {} publish={} threads={}{metrics_word}",
         urls.join(" "),
         socket_path.display(),
         threads
@@ -539,6 +586,9 @@ pub fn serve(config: Config) -> Result<(), StartError> {
     }
     let _ = publisher_link.drain.send(());
     let _ = publisher_link.waker.wake();
+    if let Some(m) = &metrics_link {
+        m.wake();
+    }
     while started.elapsed() < EXIT_WAIT && handles.iter().any(|h| !h.is_finished()) {
         std::thread::sleep(Duration::from_millis(5));
     }

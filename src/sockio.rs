@@ -229,6 +229,73 @@ pub fn accept<L: Accept + ?Sized>(
     }
 }
 
+/// Connections refused at a limit, kept a moment after their one error answer.
+///
+/// Closing a socket whose peer's request is still unread makes the kernel send a reset instead
+/// of a FIN, and a client that gets the reset may lose the answer already sent to it (a browser
+/// or a proxy then reports a reset instead of the 503). So a refused socket has its write side
+/// shut after the answer and is kept here, its input read and dropped, until the peer closes or
+/// `linger_ms` passes. At most `max` are kept: one more closes the oldest at once, so a connect
+/// flood cannot pin descriptors. Time is a parameter (ms).
+#[derive(Debug)]
+pub struct Lingering<S> {
+    socks: std::collections::VecDeque<(S, u64)>,
+    max: usize,
+    linger_ms: u64,
+}
+
+impl<S: Read> Lingering<S> {
+    pub fn new(max: usize, linger_ms: u64) -> Lingering<S> {
+        Lingering {
+            socks: std::collections::VecDeque::new(),
+            max,
+            linger_ms,
+        }
+    }
+
+    /// Keeps `sock` (its answer written, its write side shut) until `now + linger_ms`.
+    pub fn push(&mut self, sock: S, now: u64) {
+        if self.max == 0 {
+            return;
+        }
+        if self.socks.len() == self.max {
+            self.socks.pop_front();
+        }
+        self.socks
+            .push_back((sock, now.saturating_add(self.linger_ms)));
+        self.service(now);
+    }
+
+    /// Reads and drops what the kept sockets sent; closes each at end of stream, on an error,
+    /// or at its deadline. Bounded: at most `max` sockets, a few reads each.
+    pub fn service(&mut self, now: u64) {
+        let mut sink = [0u8; 4096];
+        self.socks.retain_mut(|(sock, until)| {
+            if now >= *until {
+                return false;
+            }
+            for _ in 0..4 {
+                match sock.read(&mut sink) {
+                    Ok(0) => return false,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => return false,
+                }
+            }
+            true
+        });
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.socks.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.socks.len()
+    }
+}
+
 #[cfg(test)]
 pub mod fake {
     //! An in-memory socket for unit tests: reads come from scripted chunks, writes are taken
@@ -342,6 +409,28 @@ mod tests {
             read_into(&mut s, &mut buf, &mut filled).unwrap(),
             ReadEnd::Eof
         );
+    }
+
+    #[test]
+    fn lingering_reads_until_eof_or_deadline_and_is_bounded() {
+        let mut l: Lingering<FakeSock> = Lingering::new(2, 200);
+        let mut a = FakeSock::default();
+        a.send(b"GET / HTTP/1.1\r\n\r\n");
+        l.push(a, 0);
+        l.push(FakeSock::default(), 10);
+        assert_eq!(l.len(), 2);
+        // A third one closes the oldest at once.
+        let c = FakeSock {
+            eof: true,
+            ..FakeSock::default()
+        };
+        l.push(c, 20);
+        // `c` reached end of stream: closed; the second waits for its deadline.
+        assert_eq!(l.len(), 1);
+        l.service(209);
+        assert_eq!(l.len(), 1);
+        l.service(210);
+        assert!(l.is_empty());
     }
 
     struct Parts(Vec<&'static [u8]>);

@@ -1,5 +1,5 @@
-//! The stats figures (PROTOCOL.md section 5) and the one place they are rendered: the stats
-//! line today, a metrics endpoint next.
+//! The stats line's figures (PROTOCOL.md section 5) and where they are rendered (`/metrics`
+//! renders its own, from the same gauges, in `metrics`).
 //!
 //! `channels` counts channels holding messages or waiters, each once, so it needs the names of
 //! the channels every reactor has parked polls on. A stats request never stops anything to get
@@ -9,9 +9,11 @@
 //! line once every reactor replied or `STATS_WAIT` passed (then with the names it has).
 //!
 //! Invariants:
-//! - The counters are read before the reactors are asked: a poll counted as parked was linked
-//!   into its reactor's waiters before it was counted (same thread), and that reactor replies
-//!   after that, so the channel of every poll counted is among the names collected.
+//! - The counters are read before the reactors are asked: `parked` and `delivered` are the
+//!   sums of the reactors' own gauges (no counter shared between reactors); a poll counted as
+//!   parked was linked into its reactor's waiters before its gauge moved (same thread), and
+//!   that reactor replies after that, so the channel of every poll counted is among the names
+//!   collected.
 //! - The store's figures are read when the line is rendered, under the read lock only.
 //! - An ask is answered exactly once, unless its asker is `forget`-ten first.
 
@@ -131,11 +133,10 @@ impl<A: Copy + PartialEq> PendingStats<A> {
 
     /// Starts a stats request for `asker`: snapshots the counters and asks every reactor.
     pub fn ask(&mut self, asker: A, hub: &Hub, reactors: &[ReactorLink], now: Instant) {
-        let c = &hub.counters;
         let counted = Counted {
-            connections: c.connections.load(Ordering::Relaxed),
-            parked: c.parked.load(Ordering::Relaxed),
-            delivered: c.delivered.load(Ordering::Relaxed),
+            connections: hub.counters.connections.load(Ordering::Relaxed),
+            parked: hub.parked(),
+            delivered: hub.delivered(),
         };
         let query = self.next_query;
         self.next_query += 1;
@@ -288,14 +289,14 @@ mod tests {
                 data: "1".into(),
             })
             .expect("accepted");
-        hub.counters.parked.store(3, Ordering::Relaxed);
+        hub.gauges[0].parked.store(3, Ordering::Relaxed);
         let (l1, r1, _p1) = ReactorLink::detached();
         let (l2, r2, _p2) = ReactorLink::detached();
         let (mut pending, _poll) = pending();
         let now = Instant::now();
         pending.ask(7, &hub, &[l1, l2], now);
         // Counted when asked, not when answered.
-        hub.counters.parked.store(99, Ordering::Relaxed);
+        hub.gauges[0].parked.store(99, Ordering::Relaxed);
         let mut answers: Vec<(usize, Vec<u8>)> = Vec::new();
         pending.collect(&hub, now, false, |k, l| answers.push((k, l.to_vec())));
         assert!(answers.is_empty(), "answered before the reactors replied");

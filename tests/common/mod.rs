@@ -28,6 +28,9 @@ use serde_json::Value;
 /// A private `redis-server` per test (fleet mode), skipped loudly when it is not installed.
 pub mod redis_server;
 
+#[allow(unused_imports)] // not every test binary checks for an outside program
+pub use redis_server::program_available;
+
 /// The binary under test, built by cargo for this test run.
 pub const BIN: &str = env!("CARGO_BIN_EXE_pnsd");
 
@@ -87,6 +90,8 @@ pub struct Server {
     pub threads: usize,
     /// The startup line without its newline.
     pub line: String,
+    /// `metrics=http://ADDR/metrics` of the startup line (with `--metrics-listen`).
+    pub metrics: Option<SocketAddr>,
     pub dir: TempDir,
     exited: Option<ExitStatus>,
 }
@@ -159,12 +164,14 @@ impl Server {
             socket.as_path(),
             "startup line names another socket: {line}"
         );
+        let metrics = startup_metrics(&line);
         Server {
             child,
             addr: addrs[0],
             addrs,
             socket,
             threads,
+            metrics,
             line,
             dir,
             exited: None,
@@ -247,6 +254,36 @@ impl Server {
             if Instant::now() >= deadline {
                 return None;
             }
+            thread::sleep(POLL_PAUSE);
+        }
+    }
+
+    /// The body of `GET /metrics` (the server runs with `--metrics-listen`); panics unless 200.
+    pub fn scrape(&self) -> String {
+        let addr = self.metrics.expect("started with --metrics-listen");
+        let (status, body) = http_get_once(addr, "/metrics");
+        assert_eq!(status, 200, "scrape answered {status}: {body}");
+        body
+    }
+
+    /// The value of one series (`name` or `name{labels}`, as printed) in a fresh scrape.
+    pub fn metric(&self, series: &str) -> f64 {
+        metric_value(&self.scrape(), series)
+            .unwrap_or_else(|| panic!("no series {series} in the scrape"))
+    }
+
+    /// Waits (bounded) until the series `series` of a scrape equals `want`; returns the scrape.
+    pub fn wait_metric(&self, series: &str, want: f64) -> String {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let text = self.scrape();
+            if metric_value(&text, series) == Some(want) {
+                return text;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{series} never became {want}; last scrape:\n{text}"
+            );
             thread::sleep(POLL_PAUSE);
         }
     }
@@ -383,6 +420,8 @@ pub fn parse_startup_line(line: &str) -> (Vec<SocketAddr>, String, usize) {
         } else if let Some(p) = word.strip_prefix("publish=") {
             assert!(threads.is_none(), "publish= before threads=: {line:?}");
             publish = Some(p.to_string());
+        } else if word.starts_with("metrics=") {
+            assert!(threads.is_some(), "metrics= before threads=: {line:?}");
         } else if let Some(t) = word.strip_prefix("threads=") {
             threads = Some(
                 t.parse::<usize>()
@@ -401,6 +440,58 @@ pub fn parse_startup_line(line: &str) -> (Vec<SocketAddr>, String, usize) {
         publish.unwrap_or_else(|| panic!("no publish= in {line:?}")),
         threads.unwrap_or_else(|| panic!("no threads= in {line:?}")),
     )
+}
+
+/// The `metrics=http://ADDR/metrics` address of a startup line, if it names one.
+pub fn startup_metrics(line: &str) -> Option<SocketAddr> {
+    let url = line
+        .split(' ')
+        .find_map(|w| w.strip_prefix("metrics=http://"))?;
+    let addr = url
+        .strip_suffix("/metrics")
+        .unwrap_or_else(|| panic!("metrics= does not end in /metrics: {line:?}"));
+    Some(
+        addr.parse()
+            .unwrap_or_else(|e| panic!("bad metrics address {addr:?} in {line:?}: {e}")),
+    )
+}
+
+/// One `GET target` with `Connection: close`: the status and the body (read to EOF).
+pub fn http_get_once(addr: SocketAddr, target: &str) -> (u16, String) {
+    http_once(
+        addr,
+        &format!("GET {target} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"),
+    )
+}
+
+/// Sends `request` on a fresh connection and reads the answer to EOF: (status, body).
+pub fn http_once(addr: SocketAddr, request: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    s.write_all(request.as_bytes()).expect("send");
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).expect("read to EOF");
+    let text = String::from_utf8(raw).expect("utf-8 answer");
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no head in {text:?}"));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {head:?}"));
+    (status, body.to_string())
+}
+
+/// The value of `series` (`name` or `name{labels}` exactly as printed) in Prometheus text.
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
 }
 
 /// The outcome of running pnsd to completion.
