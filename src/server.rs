@@ -41,7 +41,7 @@ use crate::ingest::Ingest;
 use crate::metrics::MetricsServer;
 use crate::publish::Publisher;
 use crate::reactor::{Reactor, DRAIN_MS, WAKER};
-use crate::state::{self, LiveImage, ServerState, SocketFileImage};
+use crate::state::{self, LiveImage, SocketFileImage};
 use crate::store::Store;
 use crate::systemd;
 use crate::token::Secret;
@@ -381,24 +381,6 @@ pub fn default_max_connections(nofile: u64) -> usize {
     nofile.saturating_sub(FD_RESERVE.min(nofile / 4)).max(1) as usize
 }
 
-/// Writes the store's state for the next start (`--state-file`), after the drain: no publish
-/// is accepted any more, so the image holds every acked message.
-fn write_state_file(hub: &Hub, path: &Path) {
-    let state = ServerState::of(&hub.read(), hub.clock.now_ms(), hub.generation);
-    match state::write_file(path, &state) {
-        Ok(()) => info!(
-            "state written to {} (epoch {:x}, seq {})",
-            path.display(),
-            state.store.epoch,
-            state.store.last_seq
-        ),
-        Err(e) => warn!(
-            "cannot write state file {}: {e}; the next start begins a new epoch",
-            path.display()
-        ),
-    }
-}
-
 /// Runs the server until a signal's drain completes. Returns the exit status.
 pub fn serve(config: Config) -> Result<(), StartError> {
     // First, while this is the only thread: both unset variables of the environment.
@@ -596,7 +578,7 @@ pub fn serve(config: Config) -> Result<(), StartError> {
         warn!("drain did not finish in time; exiting anyway");
     }
     if let Some(path) = &state_file {
-        write_state_file(&hub, path);
+        state::save(&hub, path);
     }
     drop(socket_file);
     Ok(())

@@ -29,6 +29,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use log::{info, warn};
 use serde::{Deserialize, Serialize};
 
+use crate::hub::Hub;
 use crate::store::{Store, StoreImage};
 
 /// Version of the image layout this binary writes and the only one it reads.
@@ -176,6 +177,24 @@ pub fn write_file(path: &Path, state: &ServerState) -> io::Result<()> {
         let _ = fs::remove_file(&tmp);
     }
     written
+}
+
+/// Writes the store's state for the next start (`--state-file`), after the drain: no publish
+/// is accepted any more, so the image holds every acked message.
+pub fn save(hub: &Hub, path: &Path) {
+    let state = ServerState::of(&hub.read(), hub.clock.now_ms(), hub.generation);
+    match write_file(path, &state) {
+        Ok(()) => info!(
+            "state written to {} (epoch {:x}, seq {})",
+            path.display(),
+            state.store.epoch,
+            state.store.last_seq
+        ),
+        Err(e) => warn!(
+            "cannot write state file {}: {e}; the next start begins a new epoch",
+            path.display()
+        ),
+    }
 }
 
 /// The state in `path`, if it is usable by a server keeping messages `ttl_ms`: `None` (and

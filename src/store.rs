@@ -79,6 +79,15 @@ fn bucket_of(seed: u64, name: &str) -> usize {
     (h % FORGOTTEN_BUCKETS as u64) as usize
 }
 
+/// A message's encoded object up to its channel name: `{"id":"CURSOR","channel":`.
+fn message_head(epoch: u64, seq: u64) -> Box<str> {
+    let mut head = String::with_capacity(24 + cursor::MAX_LEN);
+    head.push_str("{\"id\":\"");
+    cursor::encode_into(&mut head, epoch, seq);
+    head.push_str("\",\"channel\":");
+    head.into_boxed_str()
+}
+
 /// A published message, encoded once as the JSON object of an answer's `msg` array except for
 /// the channel name, which depends on the poll (the first of its channels the poll subscribes to).
 #[derive(Debug)]
@@ -323,10 +332,6 @@ impl Store {
         self.published += 1;
         self.messages += 1;
         let seq = self.last_seq;
-        let mut head = String::with_capacity(24 + cursor::MAX_LEN);
-        head.push_str("{\"id\":\"");
-        cursor::encode_into(&mut head, self.epoch, seq);
-        head.push_str("\",\"channel\":");
         let mut tail = String::with_capacity(data.len() + 32);
         if let Some(k) = kind {
             tail.push_str(",\"type\":");
@@ -340,7 +345,7 @@ impl Store {
             held: AtomicU32::new(channels.len() as u32),
             channels,
             expires_ms: now_ms.saturating_add(self.ttl_ms),
-            head: head.into_boxed_str(),
+            head: message_head(self.epoch, seq),
             tail: tail.into_boxed_str(),
         });
         for name in msg.channels.iter() {

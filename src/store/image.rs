@@ -21,8 +21,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::{ChannelBuffer, Due, Message, Store, FORGOTTEN_BUCKETS};
-use crate::cursor;
+use super::{message_head, ChannelBuffer, Due, Message, Store, FORGOTTEN_BUCKETS};
 
 /// One buffered message.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -128,15 +127,11 @@ impl Store {
             }
             let live = m.remaining_ms > elapsed_ms;
             let msg = live.then(|| {
-                let mut head = String::with_capacity(24 + cursor::MAX_LEN);
-                head.push_str("{\"id\":\"");
-                cursor::encode_into(&mut head, image.epoch, m.seq);
-                head.push_str("\",\"channel\":");
                 Arc::new(Message {
                     seq: m.seq,
                     channels: m.channels.into_iter().map(Box::from).collect(),
                     expires_ms: now_ms + (m.remaining_ms - elapsed_ms),
-                    head: head.into_boxed_str(),
+                    head: message_head(image.epoch, m.seq),
                     tail: m.tail.into_boxed_str(),
                     held: AtomicU32::new(0),
                 })
