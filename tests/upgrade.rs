@@ -387,3 +387,41 @@ fn a_state_file_server_upgrades_and_keeps_counting() {
     assert!(!a.reset);
     assert_eq!(a.ids(), vec![id]);
 }
+
+#[test]
+fn half_received_requests_and_half_sent_answers_are_carried() {
+    // 128 messages of 60 kB on two channels: the answer (the first 100, about 6 MB) is more
+    // than the kernel buffers of both ends hold (tcp_wmem's 4 MB maximum plus a 64 kB receive
+    // buffer), so part of it is still in the server when the upgrade comes.
+    const EACH: usize = 64;
+    const PER_ANSWER: usize = 100;
+    let mut up = Installed::start(&["--threads", "2"], |_| {});
+    let s = &up.server;
+    let c0 = s.cursor_now("big0");
+    let data = serde_json::Value::String("x".repeat(60_000)).to_string();
+    let mut publisher = s.publisher();
+    let ids: Vec<String> = (0..2 * EACH)
+        .map(|i| publisher.publish(&format!("big{}", i % 2), &data))
+        .collect();
+    let mut slow = s.http();
+    socket2::SockRef::from(&slow.stream)
+        .set_recv_buffer_size(65_536)
+        .expect("SO_RCVBUF");
+    slow.get(&poll_target(&["big0", "big1"], Some(&c0), Some(0)));
+    // A request head cut in the middle.
+    let mut half = s.http();
+    half.send("GET /pns/health HTTP/1.1\r\nHo");
+    thread::sleep(Duration::from_millis(100));
+
+    up.upgrade_ok();
+    assert!(up.server.wait_exit(DEADLINE).is_some_and(|st| st.success()));
+    half.send("st: t\r\n\r\n");
+    assert_eq!(half.read_response().status, 200);
+    let a = check_poll(&slow.read_response());
+    assert!(!a.reset);
+    assert_eq!(a.ids(), ids[..PER_ANSWER].to_vec());
+    assert!(a
+        .msgs
+        .iter()
+        .all(|m| m["data"].as_str().map(str::len) == Some(60_000)));
+}
