@@ -35,6 +35,7 @@ impl Installed {
         for path in [&bin, &real] {
             std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
             std::fs::copy(BIN, path).expect("install a copy of pnsd");
+            wait_not_busy(path);
         }
         let socket = dir.join("pnsd.sock");
         let installed = bin.to_str().expect("utf-8 temp path").to_string();
@@ -61,12 +62,16 @@ impl Installed {
         std::fs::write(&tmp, script).expect("write script");
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode)).expect("chmod");
         std::fs::rename(&tmp, &self.bin).expect("install script");
+        if mode & 0o111 != 0 {
+            wait_not_busy(&self.bin);
+        }
     }
 
     fn install_real(&self) {
         let tmp = self.bin.with_extension("new");
         std::fs::copy(BIN, &tmp).expect("copy pnsd");
         std::fs::rename(&tmp, &self.bin).expect("install pnsd");
+        wait_not_busy(&self.bin);
     }
 
     /// `pnsd upgrade --socket SOCKET`.
@@ -100,6 +105,22 @@ impl Drop for Installed {
         for &pid in &self.pids[1..] {
             // SAFETY: kill(2) of a process this test started through an upgrade.
             unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+        }
+    }
+}
+
+/// Waits until `path` can be executed: a file just written may still be open for writing in a
+/// child another test thread forked meanwhile (until that child's exec closes it), and exec
+/// fails with ETXTBSY until then.
+fn wait_not_busy(path: &Path) {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        match Command::new(path).arg("--version").output() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
+                assert!(Instant::now() < deadline, "{} stays busy", path.display());
+                thread::sleep(Duration::from_millis(10));
+            }
+            _ => return,
         }
     }
 }
@@ -424,4 +445,39 @@ fn half_received_requests_and_half_sent_answers_are_carried() {
         .msgs
         .iter()
         .all(|m| m["data"].as_str().map(str::len) == Some(60_000)));
+}
+
+#[test]
+fn holds_run_out_and_lines_behind_the_upgrade_op_are_answered_by_the_new_process() {
+    let mut up = Installed::start(&["--threads", "2"], |_| {});
+    let s = &up.server;
+    let c0 = s.cursor_now("hold");
+    let mut short = s.http();
+    short.get(&poll_target(&["hold"], Some(&c0), Some(2)));
+    s.wait_parked(1);
+    // The op and a publish behind it in one write: the publish waits for the upgrade's answer
+    // and is then published once, by the new process.
+    let mut p = s.publisher();
+    p.send("{\"op\":\"upgrade\"}\n{\"channel\":\"behind\",\"data\":1}\n");
+    let answer = p.read_answer();
+    assert_eq!(answer["ok"], true, "{answer}");
+    let pid = u32::try_from(answer["pid"].as_u64().expect("pid")).expect("pid fits");
+    up.pids.push(pid);
+    assert_eq!(answer["generation"], 2);
+    let ack = p.read_answer();
+    let id = ack["id"].as_str().expect("ack id").to_string();
+    assert!(up.server.wait_exit(DEADLINE).is_some_and(|st| st.success()));
+    assert_eq!(up.pid_and_generation(), (u64::from(pid), 2));
+    assert_eq!(up.server.stats()["published"], 1);
+    let got = check_poll(
+        &up.server
+            .http()
+            .request(&poll_target(&["behind"], Some(&c0), Some(0))),
+    );
+    assert_eq!(got.ids(), vec![id.clone()]);
+    // The poll parked before the upgrade is answered at the end of its hold, empty, no reset,
+    // its cursor at most the newest position (nothing on its channel was skipped).
+    let a = check_poll(&short.read_response());
+    assert_eq!((a.c, a.reset), (0, false), "{}", a.raw);
+    assert!(a.cursor == c0 || a.cursor == id, "{}", a.raw);
 }
