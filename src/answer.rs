@@ -16,6 +16,7 @@ use std::sync::Arc;
 use crate::cursor;
 use crate::response::{self, Extra};
 use crate::sockio::{self, Segments};
+use crate::sse::EventBatch;
 use crate::store::{Found, Message};
 
 /// Bodies up to this size are copied into one buffer, so the common answer of a few small
@@ -29,6 +30,8 @@ pub const FLAT_MAX: usize = 2048;
 pub enum Answer {
     Flat(Vec<u8>),
     Refs(RefAnswer),
+    /// Server-Sent Events by reference (see `sse`).
+    Events(EventBatch),
 }
 
 /// An answer written from the messages' stored encodings.
@@ -80,6 +83,7 @@ impl Answer {
         match self {
             Answer::Flat(v) => std::mem::size_of::<Answer>() + v.capacity(),
             Answer::Refs(r) => r.owned_bytes(),
+            Answer::Events(e) => e.owned_bytes(),
         }
     }
 }
@@ -89,6 +93,7 @@ impl Segments for Answer {
         match self {
             Answer::Flat(v) => v.len(),
             Answer::Refs(r) => r.len,
+            Answer::Events(e) => e.total_len(),
         }
     }
 
@@ -96,13 +101,14 @@ impl Segments for Answer {
         match self {
             Answer::Flat(v) => v[..].slices_from(pos, out),
             Answer::Refs(r) => sockio::slices_of(r.parts(), pos, out),
+            Answer::Events(e) => e.slices_from(pos, out),
         }
     }
 
     fn contiguous(&self) -> Option<&[u8]> {
         match self {
             Answer::Flat(v) => Some(v),
-            Answer::Refs(_) => None,
+            Answer::Refs(_) | Answer::Events(_) => None,
         }
     }
 }
@@ -127,6 +133,7 @@ impl Answer {
         match self {
             Answer::Flat(v) => v,
             Answer::Refs(r) => &r.head,
+            Answer::Events(e) => e.preamble(),
         }
     }
 
@@ -134,6 +141,7 @@ impl Answer {
         match self {
             Answer::Flat(v) => v,
             Answer::Refs(r) => &r.trailer,
+            Answer::Events(e) => e.preamble(),
         }
     }
 
@@ -169,6 +177,7 @@ impl Answer {
         s.reset = last.ends_with(RESET_END);
         s.messages = match self {
             Answer::Refs(r) => !r.msgs.is_empty(),
+            Answer::Events(e) => e.message_count() > 0,
             Answer::Flat(_) => at == 0 || tail[at - 1] != b'[',
         };
         s
@@ -177,8 +186,10 @@ impl Answer {
     /// The number of messages of a poll's answer (`c`); 0 for anything else. Reads the body's
     /// start: O(head length), for the access log only.
     pub fn message_count(&self) -> usize {
-        if let Answer::Refs(r) = self {
-            return r.msgs.len();
+        match self {
+            Answer::Refs(r) => return r.msgs.len(),
+            Answer::Events(e) => return e.message_count(),
+            Answer::Flat(_) => {}
         }
         let bytes = self.first_bytes();
         let Some(body) = bytes.windows(4).position(|w| w == b"\r\n\r\n") else {
@@ -195,6 +206,15 @@ impl Answer {
     }
 }
 
+/// Which channel names message `m` to a subscriber of `channels`: the index (in
+/// `m.channels`) of the first of its channels the subscriber waits on.
+pub fn named_by<S: AsRef<str>>(m: &Message, channels: &[S]) -> u32 {
+    m.channels
+        .iter()
+        .position(|c| channels.iter().any(|s| s.as_ref() == &**c))
+        .unwrap_or(0) as u32
+}
+
 /// The whole HTTP response answering a poll on `channels` with what `found` holds.
 pub fn encode<S: AsRef<str>>(
     found: &Found,
@@ -203,8 +223,7 @@ pub fn encode<S: AsRef<str>>(
     close: bool,
     cors: Option<&str>,
 ) -> Answer {
-    let last = found.messages.last().map_or(found.last_seq, |m| m.seq);
-    let tag = cursor::encode(epoch, last);
+    let tag = cursor::encode(epoch, found.end_seq());
     let mut prefix = Vec::with_capacity(24);
     prefix.extend_from_slice(b"{\"c\":");
     prefix.extend_from_slice(found.messages.len().to_string().as_bytes());
@@ -217,13 +236,7 @@ pub fn encode<S: AsRef<str>>(
         trailer.extend_from_slice(b",\"reset\":true");
     }
     trailer.push(b'}');
-    // Which channel names each message: the first of its channels the poll subscribes to.
-    let named = |m: &Message| -> u32 {
-        m.channels
-            .iter()
-            .position(|c| channels.iter().any(|s| s.as_ref() == &**c))
-            .unwrap_or(0) as u32
-    };
+    let named = |m: &Message| named_by(m, channels);
     let mut body_len = prefix.len() + trailer.len();
     for (i, m) in found.messages.iter().enumerate() {
         let ch = m.channels.get(named(m) as usize).map_or(0, |c| c.len());
@@ -265,28 +278,30 @@ pub fn encode<S: AsRef<str>>(
     })
 }
 
+/// All the bytes of `a`, walked as a socket write would (for tests).
+#[cfg(test)]
+pub fn flatten(a: &Answer) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut iov = [IoSlice::new(&[]); 16];
+    let mut pos = 0;
+    loop {
+        let n = a.slices_from(pos, &mut iov);
+        if n == 0 {
+            break;
+        }
+        for s in &iov[..n] {
+            out.extend_from_slice(s);
+            pos += s.len();
+        }
+    }
+    assert_eq!(out.len(), a.total_len());
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::store::Store;
-
-    fn flatten(a: &Answer) -> Vec<u8> {
-        let mut out = Vec::new();
-        let mut iov = [IoSlice::new(&[]); 16];
-        let mut pos = 0;
-        loop {
-            let n = a.slices_from(pos, &mut iov);
-            if n == 0 {
-                break;
-            }
-            for s in &iov[..n] {
-                out.extend_from_slice(s);
-                pos += s.len();
-            }
-        }
-        assert_eq!(out.len(), a.total_len());
-        out
-    }
 
     fn found(size: usize, n: usize, reset: bool) -> (Store, Found) {
         let mut store = Store::new(7, 200, 60_000, 16);

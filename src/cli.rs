@@ -12,7 +12,7 @@ use lexopt::prelude::*;
 use serde_json::value::RawValue;
 
 use crate::client;
-use crate::config::{Config, DEFAULT_PUBLISH_SOCKET, MAX_TIMEOUT_SECS};
+use crate::config::{Config, Cors, DEFAULT_PUBLISH_SOCKET, MAX_CORS_ORIGINS, MAX_TIMEOUT_SECS};
 use crate::query::valid_channel;
 use crate::reactor::MAX_LISTENERS;
 
@@ -92,7 +92,19 @@ const SERVE_USAGE: Usage = Usage {
         ),
         (
             "--cors-origin ORIGIN",
-            "answer with CORS headers allowing ORIGIN [none]",
+            "allow browser pages of ORIGIN (repeatable; * for any) [none]",
+        ),
+        (
+            "--sse-heartbeat SECS",
+            "a comment line keeps an idle event stream open every [30]",
+        ),
+        (
+            "--sse-max SECS",
+            "an event stream ends (the browser reconnects) after [300]",
+        ),
+        (
+            "--max-sessions N",
+            "sessions held at once; a registration beyond is refused [1000000]",
         ),
         (
             "--state-file PATH",
@@ -197,7 +209,8 @@ fn full_usage() -> String {
 /// A parsed command.
 #[derive(Debug)]
 pub enum Cmd {
-    Serve(Config),
+    /// Boxed: the configuration is far larger than the other commands.
+    Serve(Box<Config>),
     Publish {
         socket: PathBuf,
         kind: Option<i64>,
@@ -319,7 +332,29 @@ fn parse_serve(p: &mut lexopt::Parser) -> Result<Cmd, String> {
                 if o.is_empty() || o.bytes().any(|b| b.is_ascii_control()) {
                     return Err("--cors-origin: must be a non-empty header value".into());
                 }
-                c.cors_origin = Some(o);
+                c.cors = match (std::mem::take(&mut c.cors), o.as_str()) {
+                    (_, "*") => Cors::Any,
+                    (Cors::Any, _) => Cors::Any,
+                    (Cors::Off, _) => Cors::List(vec![o]),
+                    (Cors::List(mut l), _) => {
+                        if !l.contains(&o) {
+                            l.push(o);
+                        }
+                        if l.len() > MAX_CORS_ORIGINS {
+                            return Err(format!(
+                                "--cors-origin: at most {MAX_CORS_ORIGINS} origins"
+                            ));
+                        }
+                        Cors::List(l)
+                    }
+                };
+            }
+            Long("sse-heartbeat") => {
+                c.sse_heartbeat_secs = num("--sse-heartbeat", p.value().map_err(err)?)?
+            }
+            Long("sse-max") => c.sse_max_secs = num("--sse-max", p.value().map_err(err)?)?,
+            Long("max-sessions") => {
+                c.max_sessions = num("--max-sessions", p.value().map_err(err)?)?
             }
             Long("head-timeout") => {
                 c.head_timeout_secs = num("--head-timeout", p.value().map_err(err)?)?
@@ -343,6 +378,8 @@ fn parse_serve(p: &mut lexopt::Parser) -> Result<Cmd, String> {
         ("--head-timeout", c.head_timeout_secs),
         ("--idle-timeout", c.idle_timeout_secs),
         ("--write-timeout", c.write_timeout_secs),
+        ("--sse-heartbeat", c.sse_heartbeat_secs),
+        ("--sse-max", c.sse_max_secs),
     ] {
         if secs == 0 || secs > MAX_TIMEOUT_SECS {
             return Err(format!(
@@ -401,7 +438,7 @@ fn parse_serve(p: &mut lexopt::Parser) -> Result<Cmd, String> {
             ));
         }
     }
-    Ok(Cmd::Serve(c))
+    Ok(Cmd::Serve(Box::new(c)))
 }
 
 fn parse_publish(p: &mut lexopt::Parser) -> Result<Cmd, String> {
@@ -521,7 +558,7 @@ pub fn main() -> i32 {
         Cmd::Serve(config) => {
             env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
                 .init();
-            match crate::server::serve(config) {
+            match crate::server::serve(*config) {
                 Ok(()) => 0,
                 Err(e) => {
                     eprintln!("pnsd: {}", e.message());
@@ -556,7 +593,7 @@ mod tests {
 
     fn serve(s: &str) -> Config {
         match parse_str(s) {
-            Ok(Cmd::Serve(c)) => c,
+            Ok(Cmd::Serve(c)) => *c,
             other => panic!("{s}: {other:?}"),
         }
     }
@@ -576,7 +613,7 @@ mod tests {
             (c.buffer, c.message_ttl_secs, c.max_connections),
             (2, 9, Some(5))
         );
-        assert_eq!(c.cors_origin.as_deref(), Some("*"));
+        assert_eq!(c.cors, Cors::Any);
         assert_eq!(
             (
                 c.head_timeout_secs,

@@ -27,6 +27,12 @@ pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 75;
 /// A client that does not take its answer within 30 s is dropped: its output is bounded to one
 /// response, but the slot is not held forever.
 pub const DEFAULT_WRITE_TIMEOUT_SECS: u64 = 30;
+/// Proxies commonly close a response idle for 60 s (nginx `proxy_read_timeout`, AWS ALB's
+/// idle timeout): a comment every 30 s keeps a stream under both.
+pub const DEFAULT_SSE_HEARTBEAT_SECS: u64 = 30;
+/// A stream ends after 5 minutes so load balancers rebalance; the browser reconnects at once
+/// with its Last-Event-ID and loses nothing.
+pub const DEFAULT_SSE_MAX_SECS: u64 = 300;
 /// Longest accepted timeout option: a day, like `--max-hold`.
 pub const MAX_TIMEOUT_SECS: u64 = 86_400;
 /// File descriptors kept back from `--max-connections`' default: listeners, the publish socket
@@ -51,7 +57,14 @@ pub struct Config {
     pub max_connections: Option<usize>,
     pub secret_file: Option<PathBuf>,
     pub allow_anonymous: bool,
-    pub cors_origin: Option<String>,
+    /// `--cors-origin`, repeatable: which request origins get CORS headers.
+    pub cors: Cors,
+    /// `--max-sessions`: sessions held at once; a registration beyond it is refused.
+    pub max_sessions: usize,
+    /// `--sse-heartbeat`: seconds between the comments that keep an idle stream open.
+    pub sse_heartbeat_secs: u64,
+    /// `--sse-max`: seconds after which a stream ends (the browser reconnects).
+    pub sse_max_secs: u64,
     /// Publisher connections served at once; one more gets an error line and is closed.
     pub max_publishers: usize,
     /// `--head-timeout`: seconds for a request head to arrive.
@@ -85,7 +98,10 @@ impl Default for Config {
             max_connections: None,
             secret_file: None,
             allow_anonymous: false,
-            cors_origin: None,
+            cors: Cors::default(),
+            max_sessions: crate::session::DEFAULT_MAX_SESSIONS,
+            sse_heartbeat_secs: DEFAULT_SSE_HEARTBEAT_SECS,
+            sse_max_secs: DEFAULT_SSE_MAX_SECS,
             max_publishers: DEFAULT_MAX_PUBLISHERS,
             head_timeout_secs: DEFAULT_HEAD_TIMEOUT_SECS,
             idle_timeout_secs: DEFAULT_IDLE_TIMEOUT_SECS,
@@ -94,5 +110,93 @@ impl Default for Config {
             metrics_listen: None,
             access_log: None,
         }
+    }
+}
+
+/// Most `--cors-origin` values: an answer names its origin by a one-byte index (see `Cors`).
+pub const MAX_CORS_ORIGINS: usize = 250;
+
+/// Which origins get `Access-Control-Allow-Origin` (with `Vary: Origin`). A request's match is one byte
+/// ([`Cors::matching`]): 0 no header, 1 `*`, 2 + i the i-th listed origin, so a parked poll
+/// keeps it without growing and answers can share an encoding per match.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Cors {
+    /// No CORS headers (no `--cors-origin`).
+    #[default]
+    Off,
+    /// `--cors-origin *`: `*` on every answer.
+    Any,
+    /// These origins, each echoed only to a request whose `Origin` is exactly it.
+    List(Vec<String>),
+}
+
+/// A request's CORS match: no header.
+pub const CORS_NONE: u8 = 0;
+/// A request's CORS match: `*`.
+pub const CORS_ANY: u8 = 1;
+
+impl Cors {
+    /// The match of a request with `origin` (see the type's documentation); the second value
+    /// is true for a mismatch (a listed policy and an Origin not in it).
+    pub fn matching(&self, origin: Option<&str>) -> (u8, bool) {
+        match self {
+            Cors::Off => (CORS_NONE, false),
+            Cors::Any => (CORS_ANY, false),
+            Cors::List(list) => match origin {
+                // No Origin (not a cross-origin browser request, or an answer with no parsed
+                // request): one listed origin is the only one it can be; of several, none.
+                None if list.len() == 1 => (2, false),
+                None => (CORS_NONE, false),
+                Some(o) => match list.iter().position(|l| l == o) {
+                    Some(i) => (2 + i as u8, false),
+                    None => (CORS_NONE, true),
+                },
+            },
+        }
+    }
+
+    /// The `Access-Control-Allow-Origin` value of match `m`.
+    pub fn header(&self, m: u8) -> Option<&str> {
+        match (self, m) {
+            (_, CORS_NONE) => None,
+            (Cors::Any, _) => Some("*"),
+            (Cors::List(list), m) => list.get(usize::from(m) - 2).map(String::as_str),
+            (Cors::Off, _) => None,
+        }
+    }
+
+    /// The value for answers that have no request to match (a bad head, a timeout, a refusal
+    /// at accept): `*`, or the one listed origin.
+    pub fn without_request(&self) -> Option<&str> {
+        self.header(self.matching(None).0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origin_matching() {
+        let list = Cors::List(vec!["https://a.example".into(), "https://b.example".into()]);
+        assert_eq!(list.matching(Some("https://b.example")), (3, false));
+        assert_eq!(list.header(3), Some("https://b.example"));
+        assert_eq!(list.matching(Some("https://c.example")), (CORS_NONE, true));
+        assert_eq!(
+            list.matching(Some("https://a.example.evil")),
+            (CORS_NONE, true)
+        );
+        assert_eq!(list.matching(None), (CORS_NONE, false));
+        assert_eq!(list.header(CORS_NONE), None);
+        assert_eq!(Cors::Any.matching(Some("x")), (CORS_ANY, false));
+        assert_eq!(Cors::Any.header(CORS_ANY), Some("*"));
+        assert_eq!(Cors::Off.matching(Some("x")), (CORS_NONE, false));
+        assert_eq!(Cors::Off.without_request(), None);
+        assert_eq!(Cors::Any.without_request(), Some("*"));
+        assert_eq!(list.without_request(), None);
+        let one = Cors::List(vec!["https://a.example".into()]);
+        assert_eq!(one.matching(None), (2, false));
+        assert_eq!(one.without_request(), Some("https://a.example"));
+        assert_eq!(one.matching(Some("https://b.example")), (CORS_NONE, true));
     }
 }

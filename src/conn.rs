@@ -15,6 +15,9 @@
 //!
 //! Every response starts in `respond`, which reports it to `cx.observer` (metrics, access log)
 //! and counts it in `Step::answered`.
+//! A Server-Sent Events stream (`conn_stream`) is `Parked` for its whole life, with the
+//! `STREAM` flag: after each write it waits again at its new cursor; its one timer is the
+//! next heartbeat (or the stream's end) instead of a hold.
 //!
 //! Output that could not be written at once is in `pending.out`; while it is there no further
 //! request is taken (one response in flight per connection bounds its memory) and the write
@@ -22,7 +25,8 @@
 //!
 //! Invariants (density): an idle or parked connection without pipelined input owns no heap
 //! memory at all (`pending` is `None`); its own state beside the socket is at most 40 bytes
-//! (flags are bits of one byte); its one timer is the `TimerLink` inside it. A response in
+//! (the flags and the phase share one byte; the CORS match is one byte, a stream's heartbeat
+//! count two; an idle event stream is such a parked connection); its one timer is the `TimerLink` inside it. A response in
 //! flight owns at most one [`Answer`] (bounded, see `answer`). Readiness is edge-triggered: the
 //! readable bit is cleared only by a read that drained the socket or hit its end.
 
@@ -54,10 +58,11 @@ pub const MAX_REQUESTS_PER_TURN: usize = 32;
 const MAX_SKIP: u64 = 1 << 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
 enum Phase {
-    Head,
-    Idle,
-    Parked,
+    Head = 0,
+    Idle = 1,
+    Parked = 2,
 }
 
 /// Close once the response in flight is written.
@@ -68,6 +73,11 @@ const READABLE: u8 = 2;
 const READ_CLOSED: u8 = 4;
 /// Parked, and the armed timer is the token's expiry (not the hold's end).
 const TOKEN_TIMER: u8 = 8;
+/// The connection is a Server-Sent Events stream (parked between writes, never idle).
+const STREAM: u8 = 16;
+/// The phase's two bits in `flags`: `Phase as u8` shifted by `PHASE_SHIFT`.
+const PHASE_SHIFT: u8 = 5;
+const PHASE_BITS: u8 = 3 << PHASE_SHIFT;
 
 /// Response bytes: owned by one connection, or one encoding shared by every subscriber that
 /// gets the same answer.
@@ -108,6 +118,9 @@ pub enum Next {
     Park(Park),
     /// A parked poll must be answered now (hold or token over, drain): `parked` builds it.
     Answer,
+    /// A stream is parked again after a write: `parked` sends what the store holds after its
+    /// cursor, if anything (publishes that came while it was writing).
+    CatchUp,
     /// Close the connection (and forget it everywhere).
     Close,
 }
@@ -118,8 +131,8 @@ pub struct Step {
     pub next: Next,
     /// Re-arm the connection's timer at this tick.
     pub timer: Option<u32>,
-    /// Answers with at least one message that were handed to the socket (the `delivered`
-    /// counter; counted here, where every answer passes).
+    /// Answers with at least one message this step started (already added to the `delivered`
+    /// counter by `respond`, where every answer passes; kept for the step's callers and tests).
     pub delivered: u32,
     /// Responses started by this step, each reported to `cx.observer` in order (the access
     /// log takes this many of its records for this connection).
@@ -152,8 +165,9 @@ impl Ctx<'_> {
         tick_up(self.now.saturating_add(secs.saturating_mul(1000)))
     }
 
+    /// CORS for an answer with no parsed request (a bad head, a timeout): `*` only.
     fn cors(&self) -> Option<&str> {
-        self.hub.config.cors_origin.as_deref()
+        self.hub.config.cors.without_request()
     }
 }
 
@@ -167,8 +181,12 @@ pub struct Conn<S> {
     /// The parked poll's cursor seq.
     after: u64,
     pending: Option<Box<Pending>>,
-    phase: Phase,
+    /// Flag bits, and the phase in `PHASE_BITS` (one byte for both keeps the entry small).
     flags: u8,
+    /// The parked request's CORS match (`config::Cors::matching`).
+    cors: u8,
+    /// A stream's heartbeats left before it ends (see `conn_stream`).
+    beats: u16,
 }
 
 impl<S: Transport> Conn<S> {
@@ -180,8 +198,9 @@ impl<S: Transport> Conn<S> {
             waits: waiters::NIL,
             after: 0,
             pending: None,
-            phase: Phase::Head,
             flags: 0,
+            cors: 0,
+            beats: 0,
         };
         let mut step = Step::new(Next::Wait);
         step.timer = Some(cx.after_secs(cx.hub.config.head_timeout_secs));
@@ -196,6 +215,18 @@ impl<S: Transport> Conn<S> {
         &mut self.sock
     }
 
+    fn phase(&self) -> Phase {
+        match (self.flags & PHASE_BITS) >> PHASE_SHIFT {
+            0 => Phase::Head,
+            1 => Phase::Idle,
+            _ => Phase::Parked,
+        }
+    }
+
+    fn set_phase(&mut self, phase: Phase) {
+        self.flags = (self.flags & !PHASE_BITS) | ((phase as u8) << PHASE_SHIFT);
+    }
+
     fn has(&self, flag: u8) -> bool {
         self.flags & flag != 0
     }
@@ -208,13 +239,20 @@ impl<S: Transport> Conn<S> {
         }
     }
 
+    /// Parked: a poll waiting for its answer, or a stream waiting for its next events (not
+    /// while the previous ones are still being written).
     pub fn is_parked(&self) -> bool {
-        self.phase == Phase::Parked
+        self.phase() == Phase::Parked && !(self.has(STREAM) && self.has_output())
     }
 
     /// The parked poll's cursor seq.
     pub fn after(&self) -> u64 {
         self.after
+    }
+
+    /// The parked request's CORS match.
+    pub fn cors(&self) -> u8 {
+        self.cors
     }
 
     /// The first waiter node of the parked poll.
@@ -288,13 +326,16 @@ impl<S: Transport> Conn<S> {
             log::debug!("dropping a client that stopped reading");
             return Step::new(Next::Close);
         }
-        match self.phase {
+        if self.has(STREAM) {
+            return self.stream_timer(cx);
+        }
+        match self.phase() {
             Phase::Idle => Step::new(Next::Close),
             Phase::Parked => Step::new(Next::Answer),
             Phase::Head => {
                 let mut step = Step::new(Next::Wait);
                 let err = self.error(&response::REQUEST_TIMEOUT, cx);
-                self.respond(err, true, Served::OTHER, cx, &mut step);
+                self.respond(err, false, true, Served::OTHER, cx, &mut step);
                 step
             }
         }
@@ -306,12 +347,14 @@ impl<S: Transport> Conn<S> {
         if self.has_output() {
             return Step::new(Next::Wait);
         }
-        match self.phase {
+        match self.phase() {
+            // A stream ends cleanly: its events so far are written, the close ends its body.
+            Phase::Parked if self.has(STREAM) => Step::new(Next::Close),
             Phase::Parked => Step::new(Next::Answer),
             Phase::Head if self.has_input() => {
                 let mut step = Step::new(Next::Wait);
                 let err = self.error(&response::DRAINING, cx);
-                self.respond(err, true, Served::OTHER, cx, &mut step);
+                self.respond(err, false, true, Served::OTHER, cx, &mut step);
                 step
             }
             _ => Step::new(Next::Close),
@@ -325,12 +368,11 @@ impl<S: Transport> Conn<S> {
         if !self.is_parked() {
             return step;
         }
-        self.phase = Phase::Idle;
+        self.set_phase(Phase::Idle);
         self.waits = waiters::NIL;
         self.set(TOKEN_TIMER, false);
-        step.delivered = u32::from(delivered);
         let close = self.has(CLOSE_AFTER);
-        if self.respond(out, close, Served::PARKED, cx, &mut step)
+        if self.respond(out, delivered, close, Served::PARKED, cx, &mut step)
             && (self.has(READABLE) || self.has_input())
         {
             // A pipelined request waits behind the answer: serve it after this turn.
@@ -347,9 +389,13 @@ impl<S: Transport> Conn<S> {
 
     /// Starts sending a response; false (and `step.next = Close`) if the connection is to be
     /// closed now.
+    /// Starts writing `out`; `delivered` when it carries messages. Every response of the
+    /// connection passes here, so this is the one place `delivered` is counted — before the
+    /// write, so a client that reads the answer and then asks for the stats finds it counted.
     fn respond(
         &mut self,
         out: Out,
+        delivered: bool,
         close: bool,
         served: Served,
         cx: &mut Ctx<'_>,
@@ -358,6 +404,7 @@ impl<S: Transport> Conn<S> {
         if close {
             self.set(CLOSE_AFTER, true);
         }
+        count_delivered(delivered, cx, step);
         cx.observer.response(cx.hub, out.answer(), served);
         step.answered += 1;
         let mut pos = 0;
@@ -367,16 +414,16 @@ impl<S: Transport> Conn<S> {
                     step.next = Next::Close;
                     return false;
                 }
-                self.phase = if self.has_input() {
+                self.set_phase(if self.has_input() {
                     Phase::Head
                 } else {
                     Phase::Idle
-                };
+                });
                 step.timer = Some(self.next_request_timer(cx));
                 true
             }
             Ok(false) => {
-                self.phase = Phase::Idle;
+                self.set_phase(Phase::Idle);
                 self.pending.get_or_insert_with(Box::default).out = Some((out, pos));
                 step.timer = Some(cx.after_secs(cx.hub.config.write_timeout_secs));
                 true
@@ -432,8 +479,9 @@ impl<S: Transport> Conn<S> {
                 token_timer = true;
             }
         }
-        self.phase = Phase::Parked;
+        self.set_phase(Phase::Parked);
         self.after = p.after;
+        self.cors = p.cors;
         self.set(CLOSE_AFTER, p.close);
         self.set(TOKEN_TIMER, token_timer);
         Ok(timer)
@@ -470,6 +518,9 @@ impl<S: Transport> Conn<S> {
     /// Moves the connection forward as far as it can go now: flush, parse and handle requests,
     /// read. Borrows a pool buffer only for the call.
     fn drive(&mut self, cx: &mut Ctx<'_>) -> Step {
+        if self.has(STREAM) {
+            return self.drive_stream(cx);
+        }
         let mut step = Step::new(Next::Wait);
         let mut buf: Option<Vec<u8>> = None;
         let mut filled = 0;
@@ -543,8 +594,8 @@ impl<S: Transport> Conn<S> {
                         }
                     }
                     let close_anyway = self.has(CLOSE_AFTER);
-                    if self.phase == Phase::Idle {
-                        self.phase = Phase::Head;
+                    if self.phase() == Phase::Idle {
+                        self.set_phase(Phase::Head);
                     }
                     match poll::handle(&head, cx.hub, cx.now) {
                         Outcome::Respond {
@@ -553,12 +604,27 @@ impl<S: Transport> Conn<S> {
                             delivered,
                             channels,
                         } => {
-                            step.delivered += u32::from(delivered);
                             let (out, close) = (Out::Own(bytes), close || close_anyway);
                             let served = Served::at_once(channels);
-                            if !self.respond(out, close, served, cx, &mut step) {
+                            if !self.respond(out, delivered, close, served, cx, &mut step) {
                                 break Next::Close;
                             }
+                        }
+                        Outcome::Stream {
+                            bytes,
+                            delivered,
+                            park,
+                        } => {
+                            if self.has(READ_CLOSED) {
+                                break Next::Close;
+                            }
+                            count_delivered(delivered, cx, &mut step);
+                            // The stream's start is its one answer in the access log.
+                            let out = Out::Own(bytes);
+                            let served = Served::at_once(park.channels.len() as u8);
+                            cx.observer.response(cx.hub, out.answer(), served);
+                            step.answered += 1;
+                            break self.start_stream(out, park, cx, &mut step);
                         }
                         Outcome::Park(p) => {
                             if self.has(READ_CLOSED) {
@@ -573,10 +639,10 @@ impl<S: Transport> Conn<S> {
                                     let err = Out::Own(Answer::Flat(response::error_bytes(
                                         &poll::token_expired(),
                                         p.close,
-                                        cx.cors(),
+                                        cx.hub.config.cors.header(p.cors),
                                     )));
                                     let served = Served::at_once(p.channels.len() as u8);
-                                    if !self.respond(err, p.close, served, cx, &mut step) {
+                                    if !self.respond(err, false, p.close, served, cx, &mut step) {
                                         break Next::Close;
                                     }
                                 }
@@ -592,7 +658,7 @@ impl<S: Transport> Conn<S> {
                         http::HeadError::Malformed => response::BAD_REQUEST,
                     };
                     let err = self.error(&err, cx);
-                    if !self.respond(err, true, Served::OTHER, cx, &mut step) {
+                    if !self.respond(err, false, true, Served::OTHER, cx, &mut step) {
                         break Next::Close;
                     }
                     continue;
@@ -629,9 +695,9 @@ impl<S: Transport> Conn<S> {
                 }
                 Err(_) => break Next::Close,
             }
-            if was_empty && filled > 0 && self.phase == Phase::Idle {
+            if was_empty && filled > 0 && self.phase() == Phase::Idle {
                 // The first byte of a later request: the head deadline starts now.
-                self.phase = Phase::Head;
+                self.set_phase(Phase::Head);
                 step.timer = Some(cx.after_secs(cx.hub.config.head_timeout_secs));
             }
         };
@@ -642,14 +708,24 @@ impl<S: Transport> Conn<S> {
         } else if loaded {
             self.keep_input(&[], skip);
         }
-        if self.phase == Phase::Idle && self.has_input() && !self.has_output() {
+        if self.phase() == Phase::Idle && self.has_input() && !self.has_output() {
             // Bytes of a pipelined request arrived with the previous one: its head deadline
             // runs from now, not the idle deadline.
-            self.phase = Phase::Head;
+            self.set_phase(Phase::Head);
             step.timer = Some(cx.after_secs(cx.hub.config.head_timeout_secs));
         }
         step.next = next;
         step
+    }
+}
+
+/// Counts an answer (or a stream's batch of events) that carries messages: in the step, and in
+/// the `delivered` counter before its bytes are written, so a client that reads them and then
+/// asks for the stats finds them counted. The one place `delivered` moves.
+pub(crate) fn count_delivered(delivered: bool, cx: &mut Ctx<'_>, step: &mut Step) {
+    if delivered {
+        step.delivered += 1;
+        cx.observer.delivered(cx.hub, 1);
     }
 }
 
@@ -659,6 +735,10 @@ impl<S> TimerNodes for Slab<Conn<S>> {
         &mut self[id as usize].timer
     }
 }
+
+/// A Server-Sent Events stream's side of the connection.
+#[path = "conn_stream.rs"]
+mod stream;
 
 #[cfg(test)]
 #[path = "conn_tests.rs"]

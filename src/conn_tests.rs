@@ -233,3 +233,84 @@ fn the_hold_deadline_asks_for_the_parked_answer_and_drain_too() {
     let step = c.answer(Out::Own(answer), false, &mut w.cx());
     assert!(matches!(step.next, Next::Close), "{step:?}");
 }
+
+const STREAM: &[u8] =
+    b"GET /pns/poll?channel=a HTTP/1.1\r\nHost: t\r\nAccept: text/event-stream\r\n\r\n";
+
+/// A world whose streams beat every second and last `max` seconds.
+fn stream_world(max: u64) -> World {
+    let mut w = World::new();
+    w.hub.config.sse_heartbeat_secs = 1;
+    w.hub.config.sse_max_secs = max;
+    w.hub.config.write_timeout_secs = 5;
+    w
+}
+
+#[test]
+fn a_stream_beats_then_ends_and_owns_nothing_while_idle() {
+    let mut w = stream_world(3);
+    let (mut c, _) = w.conn();
+    c.sock_mut().send(STREAM);
+    let step = c.on_ready(true, false, false, &mut w.cx());
+    let Next::Park(p) = step.next else {
+        panic!("not parked: {step:?}")
+    };
+    assert!(p.stream && c.is_stream() && c.is_parked());
+    assert_eq!(step.timer, tick_in(&w, 1));
+    let head = take_written(&mut c);
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"));
+    assert!(head.ends_with("retry: 2000\n\n"), "{head}");
+    assert!(c.pending.is_none(), "an idle stream owns no buffer");
+    // 3 s at 1 s: two heartbeats, then the end.
+    for _ in 0..2 {
+        w.now += 1000;
+        let step = c.on_timer(&mut w.cx());
+        assert!(matches!(step.next, Next::Wait), "{step:?}");
+        assert_eq!(step.timer, tick_in(&w, 1));
+        assert_eq!(take_written(&mut c), ": keep-alive\n\n");
+    }
+    w.now += 1000;
+    assert!(matches!(c.on_timer(&mut w.cx()).next, Next::Close));
+    // The drain ends a stream at once; a request sent on it is never read.
+    let (mut c, _) = w.conn();
+    c.sock_mut().send(&[STREAM, HEALTH].concat());
+    c.on_ready(true, false, false, &mut w.cx());
+    take_written(&mut c);
+    assert!(matches!(
+        c.on_ready(true, false, false, &mut w.cx()).next,
+        Next::Wait
+    ));
+    assert!(c.sock_mut().written.is_empty());
+    assert!(matches!(c.on_drain(&mut w.cx()).next, Next::Close));
+}
+
+#[test]
+fn a_slow_stream_is_not_parked_until_its_output_drains_then_catches_up() {
+    let mut w = stream_world(300);
+    let (mut c, _) = w.conn();
+    c.sock_mut().send(STREAM);
+    c.on_ready(true, false, false, &mut w.cx());
+    take_written(&mut c);
+    c.sock_mut().room = Some(10);
+    let events = Answer::Flat(b"id: x\nevent: message\ndata: {}\n\n".to_vec());
+    let step = c.stream(Out::Own(events), true, Some(7), false, &mut w.cx());
+    assert_eq!(step.delivered, 1);
+    assert_eq!(step.timer, tick_in(&w, 5), "the write deadline");
+    assert!(
+        !c.is_parked(),
+        "no wake-up reaches it while output is pending"
+    );
+    assert_eq!(c.after(), 7);
+    // The client reads: the rest goes out and the stream asks to catch up from 7.
+    c.sock_mut().room = None;
+    let step = c.on_ready(false, false, false, &mut w.cx());
+    assert!(matches!(step.next, Next::CatchUp), "{step:?}");
+    assert_eq!(step.timer, tick_in(&w, 1), "the heartbeat again");
+    assert!(c.is_parked() && c.pending.is_none());
+    assert!(take_written(&mut c).ends_with("data: {}\n\n"));
+    // A client that stops reading for good is dropped at the write deadline.
+    c.sock_mut().room = Some(0);
+    let events = Answer::Flat(b"data: 1\n\n".to_vec());
+    c.stream(Out::Own(events), true, Some(8), false, &mut w.cx());
+    assert!(matches!(c.on_timer(&mut w.cx()).next, Next::Close));
+}

@@ -81,6 +81,13 @@ pub struct RequestHead {
     /// The `If-None-Match` value; several headers are joined with `", "` as RFC 9110 §5.3 allows
     /// for list fields (which [`etag_cursor`] then rejects as a list).
     pub if_none_match: Option<String>,
+    /// The `Origin` value (the first one), for the CORS match; `None` (no allocation) when
+    /// absent.
+    pub origin: Option<String>,
+    /// `Accept` lists `text/event-stream`: the request asks for a Server-Sent Events stream.
+    pub event_stream: bool,
+    /// The `Last-Event-ID` value (an SSE reconnect's cursor).
+    pub last_event_id: Option<String>,
     /// Bytes of the buffer taken by the head, leading empty lines included; the body or next
     /// pipelined request starts here.
     pub head_len: usize,
@@ -150,6 +157,9 @@ fn head_from(
     let mut transfer_encoding = false;
     let mut authorization: Option<String> = None;
     let mut if_none_match: Option<String> = None;
+    let mut origin: Option<String> = None;
+    let mut event_stream = false;
+    let mut last_event_id: Option<String> = None;
     for h in req.headers.iter() {
         let name = h.name;
         if name.eq_ignore_ascii_case("connection") {
@@ -170,6 +180,19 @@ fn head_from(
                 return Err(HeadError::Malformed);
             }
             authorization = Some(utf8(h.value)?.to_owned());
+        } else if name.eq_ignore_ascii_case("origin") {
+            if origin.is_none() {
+                origin = Some(utf8(h.value)?.to_owned());
+            }
+        } else if name.eq_ignore_ascii_case("accept") {
+            event_stream |= h
+                .value
+                .split(|&b| b == b',')
+                .any(|t| media_type(t).eq_ignore_ascii_case(b"text/event-stream"));
+        } else if name.eq_ignore_ascii_case("last-event-id") {
+            if last_event_id.is_none() {
+                last_event_id = Some(utf8(trim(h.value))?.to_owned());
+            }
         } else if name.eq_ignore_ascii_case("if-none-match") {
             let value = utf8(h.value)?;
             match &mut if_none_match {
@@ -193,6 +216,9 @@ fn head_from(
         transfer_encoding,
         authorization,
         if_none_match,
+        origin,
+        event_stream,
+        last_event_id,
         head_len,
     }))
 }
@@ -282,6 +308,15 @@ fn parse_length(digits: &[u8]) -> Option<u64> {
     })
 }
 
+/// The media type of one `Accept` element, without parameters (`;q=...`) or spaces.
+fn media_type(element: &[u8]) -> &[u8] {
+    let end = element
+        .iter()
+        .position(|&b| b == b';')
+        .unwrap_or(element.len());
+    trim(&element[..end])
+}
+
 fn trim(bytes: &[u8]) -> &[u8] {
     let is_ws = |b: &u8| *b == b' ' || *b == b'\t';
     let start = bytes.iter().position(|b| !is_ws(b)).unwrap_or(bytes.len());
@@ -330,6 +365,9 @@ Connection: keep-alive\r\n\
             transfer_encoding: false,
             authorization: None,
             if_none_match: None,
+            origin: None,
+            event_stream: false,
+            last_event_id: None,
             head_len,
         }
     }
@@ -364,8 +402,22 @@ Connection: keep-alive\r\n\
                 query: "channel=user%3A42&cursor=abc&hold=30".into(),
                 authorization: Some("Bearer eyJhbGciOiJIUzI1NiJ9.e30.sig".into()),
                 if_none_match: Some("W/\"c1\"".into()),
+                origin: Some("https://app.example.com".into()),
                 ..defaults("", POLL.len())
             });
+        });
+    }
+
+    #[test]
+    fn event_stream_and_last_event_id() {
+        ok!(b"GET /p HTTP/1.1\r\nAccept: text/html, TEXT/Event-Stream;q=0.9\r\nLast-Event-ID:  c1 \r\n\r\n" => |h| {
+            assert!(h.event_stream);
+            assert_eq!(h.last_event_id.as_deref(), Some("c1"));
+            assert_eq!(h.origin, None);
+        });
+        ok!(b"GET /p HTTP/1.1\r\nAccept: application/json\r\nOrigin: https://a\r\nOrigin: https://b\r\n\r\n" => |h| {
+            assert!(!h.event_stream);
+            assert_eq!(h.origin.as_deref(), Some("https://a"));
         });
     }
 

@@ -1,6 +1,6 @@
-//! State shared by every thread of one server run: the channel store, the global counters,
-//! each reactor's gauges and counters, the clock, the token secret, the fleet link's figures
-//! (once fleet mode registers them), and the way to reach each reactor.
+//! State shared by every thread of one server run: the channel store, the session table,
+//! the global counters, each reactor's gauges and counters, the clock, the token secret, the
+//! fleet link's figures (once fleet mode registers them), and the way to reach each reactor.
 //!
 //! Invariants: the store is only written through `ingest` (appends and the TTL sweep), from
 //! whichever threads publish, and `ingest` mirrors its O(1) figures into `counters.store` after
@@ -19,6 +19,7 @@ use std::time::Instant;
 use crate::access_log::AccessLog;
 use crate::config::Config;
 use crate::metrics::{FleetLink, ReactorTally};
+use crate::session::Sessions;
 use crate::state::ConnImage;
 use crate::stats::WaitingReply;
 use crate::store::Store;
@@ -78,6 +79,9 @@ pub struct Counters {
     pub publish_errors: AtomicU64,
     /// The store's figures, as `ingest` left them after its last write.
     pub store: StoreFigures,
+    /// Requests whose `Origin` is not in the `--cors-origin` list (answered without CORS
+    /// headers, so the browser reports the CORS error); for the metrics.
+    pub cors_mismatches: AtomicU64,
 }
 
 /// The store's O(1) figures, mirrored by `ingest` under the write lock so that a reader
@@ -99,13 +103,12 @@ pub struct StoreFigures {
 pub struct ReactorGauges {
     /// Connections this reactor holds.
     pub connections: AtomicUsize,
-    /// Polls parked on this reactor.
+    /// Polls parked on this reactor (streams included).
     pub parked: AtomicUsize,
+    /// Server-Sent Events streams on this reactor.
+    pub streams: AtomicUsize,
     /// Channels with at least one parked poll on this reactor (its waiter index's size).
     pub waiting_channels: AtomicUsize,
-    /// Server-Sent-Events streams open on this reactor (kept by the SSE subscriber; 0 until
-    /// streams exist).
-    pub sse_streams: AtomicUsize,
     /// Answers with at least one message handed to the socket by this reactor.
     pub delivered: AtomicU64,
     /// Answers by outcome, errors by status, refusals, accept pauses, fan-out times.
@@ -127,6 +130,9 @@ pub enum Command {
     WaitingChannels(WaitingReply),
     /// Start the drain of section 6.
     Drain,
+    /// Session `sid` ended: answer its parked polls 401 `session_ended` (they also wait on
+    /// the reserved channel `session::wait_name(sid)`).
+    SessionEnded(Arc<str>),
     /// The upgrade: stop at a safe point, send the reactor's image, and touch no socket until
     /// `Thaw` (after a failed upgrade; a successful one ends the process instead).
     Freeze(mpsc::Sender<ReactorImage>),
@@ -185,6 +191,8 @@ pub struct Hub {
     pub fleet: OnceLock<Arc<dyn FleetLink>>,
     /// `--access-log`, opened at start; each reactor writes through its own descriptor.
     pub access_log: Option<AccessLog>,
+    /// The registered sessions (`--max-sessions`).
+    pub sessions: Sessions,
     store: RwLock<Store>,
 }
 
@@ -199,7 +207,9 @@ impl Hub {
         let gauges = (0..config.threads.max(1))
             .map(|_| ReactorGauges::default())
             .collect();
+        let sessions_max = config.max_sessions;
         Hub {
+            sessions: Sessions::new(sessions_max),
             config,
             max_connections,
             secret,
@@ -241,6 +251,14 @@ impl Hub {
         self.gauges
             .iter()
             .map(|g| g.parked.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// Server-Sent Events streams open on every reactor.
+    pub fn streams(&self) -> usize {
+        self.gauges
+            .iter()
+            .map(|g| g.streams.load(Ordering::Relaxed))
             .sum()
     }
 

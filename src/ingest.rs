@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use crate::cursor;
 use crate::hub::{Command, Hub, ReactorLink};
+use crate::session::SessionError;
 use crate::store::{Message, Store};
 
 /// Appends per lock hold and per wake-up of the reactors: a burst of small publishes is
@@ -109,14 +110,44 @@ impl Ingest {
     }
 
     /// Drops at most `max` expired messages and the channels left empty, in one hold of the
-    /// write lock: the one call of the store's sweep. True when more is due (call again after
+    /// write lock: the one call of the store's sweep; and
+    /// reclaims one slice of expired sessions. True when more is due (call again after
     /// letting the readers in).
     pub fn sweep(&self, max: usize) -> bool {
         let mut store = self.hub.write();
         let now = self.hub.clock.now_ms();
         let more = store.expire(now, max);
         mirror(&self.hub, &store);
+        drop(store);
+        self.hub.sessions.sweep(now);
         more
+    }
+
+    /// Registers (or replaces) session `sid`; a new one starts at the newest seq, so nothing
+    /// published after this call is lost to it. The caller holds no store lock.
+    pub fn register_session(
+        &self,
+        sid: &str,
+        channels: Box<[Box<str>]>,
+        ttl_secs: u64,
+    ) -> Result<(), SessionError> {
+        let newest = self.hub.read().last_seq();
+        let now = self.hub.clock.now_ms();
+        self.hub
+            .sessions
+            .register(sid, channels.into(), ttl_secs, newest, now)
+    }
+
+    /// Ends session `sid` and tells every reactor, which answers its parked polls 401
+    /// `session_ended` (also when it had expired: its polls may still be parked). False when
+    /// no live session had that sid.
+    pub fn end_session(&self, sid: &str) -> bool {
+        let known = self.hub.sessions.end(sid, self.hub.clock.now_ms());
+        let sid: Arc<str> = Arc::from(sid);
+        for r in self.reactors.iter() {
+            r.send(Command::SessionEnded(sid.clone()));
+        }
+        known
     }
 }
 

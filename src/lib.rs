@@ -12,9 +12,11 @@
 //! - `http`: request head parsing (httparse), no I/O; `query`: the poll's parameters;
 //! - `poll`: the endpoints: answer at once or park; `answer`: a poll's answer bytes (flat, or
 //!   by reference to the stored messages); `response`: HTTP heads and errors;
+//! - `sse`: the bytes of a Server-Sent Events stream (head, message events, reset, heartbeat);
 //! - `parked`: parked subscribers and their answers (publish wake-up, hold or token expiry,
 //!   drain), the encode-once cache; owns the reactor's `waiters` index;
-//! - `token`: HS256 subscriber tokens;
+//! - `token`: HS256 subscriber tokens; `session`: the sessions the application registers (a
+//!   `sid` that is not a token), their channels and kept position;
 //! - `waiters`: which parked polls wait on which channel (per reactor);
 //! - `wheel`: the hashed timer wheel of hold, token, head, idle and write deadlines;
 //! - `store`, `cursor`: channel buffers, the global message order and cursors;
@@ -58,7 +60,9 @@ pub mod query;
 pub mod reactor;
 pub mod response;
 pub mod server;
+pub mod session;
 pub mod sockio;
+pub mod sse;
 pub mod state;
 pub mod stats;
 pub mod store;

@@ -12,8 +12,9 @@
 //! - Every line gets exactly one answer line; an error's text is the whole reason, fit for a
 //!   script to print.
 //!
-//! New ops (`session`, `end_session`, `upgrade`) are a `Request` variant and one arm of
-//! `request_for_op`, which receives every top-level field of the line.
+//! Ops: a publish (no `op`, or `publish`), `stats`, `session` and `end_session` (see
+//! `session`). A new op is a `Request` variant and one arm of `request_for_op`, which
+//! receives every top-level field of the line.
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
@@ -21,8 +22,9 @@ use std::collections::{HashMap, HashSet};
 use serde_json::value::RawValue;
 
 use crate::ingest::Publish;
-use crate::query::valid_channel;
+use crate::query::{valid_channel, MAX_CHANNELS};
 use crate::response::json_string;
+use crate::session;
 
 /// Contract: a line over 65,536 bytes (excluding its newline) is an error.
 pub const MAX_LINE: usize = 65_536;
@@ -43,6 +45,14 @@ pub enum Request {
     /// Hand the server over to the binary at its path (see `upgrade`): answered
     /// `upgrade_line` by the new process, or an error line by this one.
     Upgrade,
+    /// Register (or replace) a session: `{"op":"session","sid":S,"channels":[...],"ttl":SECS}`.
+    Session {
+        sid: String,
+        channels: Box<[Box<str>]>,
+        ttl_secs: u64,
+    },
+    /// End a session: `{"op":"end_session","sid":S}`.
+    EndSession { sid: String },
 }
 
 /// One step of `Framer::next`.
@@ -143,6 +153,10 @@ fn request_for_op(op: &str, fields: &Fields) -> Result<Request, String> {
         "publish" => publish_fields(fields).map(Request::Publish),
         "stats" => Ok(Request::Stats),
         "upgrade" => Ok(Request::Upgrade),
+        "session" => session_fields(fields),
+        "end_session" => Ok(Request::EndSession {
+            sid: sid_field(fields)?,
+        }),
         _ => Err(format!("unknown op {}", quoted(op))),
     }
 }
@@ -233,7 +247,8 @@ fn value_end(b: &[u8], mut i: usize) -> usize {
     i
 }
 
-fn publish_fields(fields: &Fields) -> Result<Publish, String> {
+/// The `channel` or `channels` field, validated, repeats removed.
+fn channel_fields(fields: &Fields) -> Result<Box<[Box<str>]>, String> {
     let names: Vec<String> = match (fields.get("channel"), fields.get("channels")) {
         (Some(_), Some(_)) => return Err("give channel or channels, not both".into()),
         (None, None) => return Err("channel or channels is required".into()),
@@ -254,6 +269,52 @@ fn publish_fields(fields: &Fields) -> Result<Publish, String> {
             quoted(bad)
         ));
     }
+    Ok(without_repeats(names))
+}
+
+/// The `sid` field: a string of 1-128 bytes of `[A-Za-z0-9_-]`.
+fn sid_field(fields: &Fields) -> Result<String, String> {
+    let raw = fields.get("sid").ok_or("sid is required")?;
+    let sid = serde_json::from_str::<String>(raw).map_err(|_| "sid must be a string")?;
+    if !session::valid_sid(&sid) {
+        return Err(format!(
+            "invalid sid {} (1-{} bytes of A-Z a-z 0-9 _ -)",
+            quoted(&sid),
+            session::MAX_SID_LEN
+        ));
+    }
+    Ok(sid)
+}
+
+fn session_fields(fields: &Fields) -> Result<Request, String> {
+    let sid = sid_field(fields)?;
+    let channels = channel_fields(fields)?;
+    if channels.len() > MAX_CHANNELS {
+        return Err(format!(
+            "a session may name at most {MAX_CHANNELS} channels, like a poll"
+        ));
+    }
+    let ttl_secs = fields
+        .get("ttl")
+        .ok_or("ttl is required")?
+        .parse::<u64>()
+        .ok()
+        .filter(|t| (1..=session::MAX_TTL_SECS).contains(t))
+        .ok_or_else(|| {
+            format!(
+                "ttl must be an integer number of seconds from 1 to {}",
+                session::MAX_TTL_SECS
+            )
+        })?;
+    Ok(Request::Session {
+        sid,
+        channels,
+        ttl_secs,
+    })
+}
+
+fn publish_fields(fields: &Fields) -> Result<Publish, String> {
+    let channels = channel_fields(fields)?;
     let data = fields.get("data").ok_or("data is required")?;
     strict_json(data)?;
     let kind = match fields.get("type") {
@@ -261,7 +322,7 @@ fn publish_fields(fields: &Fields) -> Result<Publish, String> {
         Some(t) => Some(parse_type(t).ok_or("type must be an integer")?),
     };
     Ok(Publish {
-        channels: without_repeats(names),
+        channels,
         kind,
         data: data.into(),
     })
@@ -350,6 +411,11 @@ pub fn upgrade_line(out: &mut Vec<u8>, pid: u32, generation: u64) {
     out.extend_from_slice(
         format!("{{\"ok\":true,\"pid\":{pid},\"generation\":{generation}}}\n").as_bytes(),
     );
+}
+
+/// The answer line of a request that succeeded with nothing to report.
+pub fn ok_line(out: &mut Vec<u8>) {
+    out.extend_from_slice(b"{\"ok\":true}\n");
 }
 
 /// The answer line of a failed request.
@@ -448,6 +514,69 @@ mod tests {
             error(br#"{"channel":"a","type":99999999999999999999,"data":1}"#).contains("integer")
         );
         assert!(error(br#"{"op":"nope"}"#).contains("unknown op"));
+        assert_eq!(
+            parse_line(br#"{"op":"session","sid":"s-1_A","channels":["a","b","a"],"ttl":60}"#),
+            Ok(Request::Session {
+                sid: "s-1_A".into(),
+                channels: vec![Box::from("a"), Box::from("b")].into(),
+                ttl_secs: 60
+            })
+        );
+        assert_eq!(
+            parse_line(br#"{"op":"end_session","sid":"s"}"#),
+            Ok(Request::EndSession { sid: "s".into() })
+        );
+        let many: Vec<String> = (0..17).map(|i| format!("\"c{i}\"")).collect();
+        let wide = format!(
+            r#"{{"op":"session","sid":"s","channels":[{}],"ttl":1}}"#,
+            many.join(",")
+        );
+        for (line, want) in [
+            (
+                r#"{"op":"session","channels":["a"],"ttl":1}"#,
+                "sid is required",
+            ),
+            (
+                r#"{"op":"session","sid":"a.b","channels":["a"],"ttl":1}"#,
+                "invalid sid",
+            ),
+            (
+                r#"{"op":"session","sid":7,"channels":["a"],"ttl":1}"#,
+                "sid must be a string",
+            ),
+            (
+                r#"{"op":"session","sid":"s","ttl":1}"#,
+                "channel or channels is required",
+            ),
+            (
+                r#"{"op":"session","sid":"s","channels":["a b"],"ttl":1}"#,
+                "invalid channel",
+            ),
+            (
+                r#"{"op":"session","sid":"s","channels":["a"]}"#,
+                "ttl is required",
+            ),
+            (
+                r#"{"op":"session","sid":"s","channels":["a"],"ttl":0}"#,
+                "ttl must be",
+            ),
+            (
+                r#"{"op":"session","sid":"s","channels":["a"],"ttl":86401}"#,
+                "ttl must be",
+            ),
+            (
+                r#"{"op":"session","sid":"s","channels":["a"],"ttl":1.5}"#,
+                "ttl must be",
+            ),
+            (&wide, "at most 16 channels"),
+            (r#"{"op":"end_session"}"#, "sid is required"),
+        ] {
+            assert!(
+                error(line.as_bytes()).contains(want),
+                "{line}: {}",
+                error(line.as_bytes())
+            );
+        }
         assert!(error(br#"{"op":5}"#).contains("op must be a string"));
         assert!(error(b"{\"channel\":\"a\",\"data\":\"\xff\"}").contains("UTF-8"));
     }

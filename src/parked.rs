@@ -15,7 +15,7 @@
 //!   encoding (`Arc<Answer>`); multi-channel subscribers get their own.
 //! - No message is delivered on an expired token: a subscriber whose token deadline is due gets
 //!   401 `token_expired` instead, whichever path reaches it first (its timer or a wake-up).
-//! - `delivered` is counted by the subscriber's `answer` (see `conn::Step::delivered`), the one
+//! - `delivered` is counted by the subscriber's `answer` (`conn::Conn::respond`), the one
 //!   function every answer passes.
 //!
 //! A subscriber is anything that implements [`Subscriber`]: today an HTTP long-poll
@@ -33,6 +33,8 @@ use crate::conn::{Conn, Ctx, Out, Step, Transport};
 use crate::hub::Hub;
 use crate::poll::{self, MAX_PER_ANSWER};
 use crate::response;
+use crate::session;
+use crate::sse;
 use crate::waiters::{self, Waiters};
 
 /// A parked subscriber, as `Parked` sees it.
@@ -47,6 +49,20 @@ pub trait Subscriber {
     fn closes_after(&self) -> bool;
     /// Its token has expired at `now` (ms).
     fn token_expired(&self, now: u64) -> bool;
+    /// Its request's CORS match (`config::Cors::matching`).
+    fn cors(&self) -> u8;
+    /// It is an event stream: it stays linked after each write (see `stream`).
+    fn is_stream(&self) -> bool;
+    /// A stream takes events (still linked); `next` is its new cursor, `None` for its last
+    /// events; `more` when more may wait in the store.
+    fn stream(
+        &mut self,
+        out: Out,
+        delivered: bool,
+        next: Option<u64>,
+        more: bool,
+        cx: &mut Ctx<'_>,
+    ) -> Step;
     /// Takes its answer (already unlinked); returns what the reactor does next.
     fn answer(&mut self, out: Out, delivered: bool, cx: &mut Ctx<'_>) -> Step;
 }
@@ -70,9 +86,36 @@ impl<S: Transport> Subscriber for Conn<S> {
     fn token_expired(&self, now: u64) -> bool {
         Conn::token_expired(self, now)
     }
+    fn cors(&self) -> u8 {
+        Conn::cors(self)
+    }
+    fn is_stream(&self) -> bool {
+        Conn::is_stream(self)
+    }
+    fn stream(
+        &mut self,
+        out: Out,
+        delivered: bool,
+        next: Option<u64>,
+        more: bool,
+        cx: &mut Ctx<'_>,
+    ) -> Step {
+        Conn::stream(self, out, delivered, next, more, cx)
+    }
     fn answer(&mut self, out: Out, delivered: bool, cx: &mut Ctx<'_>) -> Step {
         Conn::answer(self, out, delivered, cx)
     }
+}
+
+/// Why the reactor asks for answers (see `Parked::on_due`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Due {
+    /// Their hold or their token ran out: answer even if empty.
+    HoldOver,
+    /// The drain: c = 0 at each one's own cursor.
+    Drain,
+    /// Streams whose output drained: what the store holds after their cursor, if anything.
+    CatchUp,
 }
 
 /// Why a subscriber is answered.
@@ -88,11 +131,33 @@ enum Why<'a> {
     HoldOver,
     /// The drain: c = 0 at its own cursor, never advancing it past anything not given.
     Drain,
+    /// Its session was ended: 401 `session_ended` (a stream: an `event: session_ended`).
+    SessionEnded,
+    /// A stream's output drained: whatever the store holds after its cursor, if anything.
+    CatchUp,
 }
 
-/// One shared encoding per (channel, cursor, close) and whether it carries messages;
-/// `None` caches "nothing for this cursor yet".
-type Shared = HashMap<(Option<Arc<str>>, u64, bool), Option<(Arc<Answer>, bool)>>;
+/// What a built answer says besides its bytes.
+#[derive(Debug, Clone, Copy, Default)]
+struct Built {
+    /// It carries messages.
+    delivered: bool,
+    /// The seq it ends at (its cursor).
+    end: u64,
+    /// It holds a full batch: more may wait in the store.
+    full: bool,
+}
+
+/// How an answer is encoded: a poll's HTTP response or a stream's events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Kind {
+    Poll,
+    Events,
+}
+
+/// One shared encoding per (channel, cursor, close, CORS match, kind); `None` caches "nothing
+/// for this cursor yet". A stream's events have no close flag or CORS (its head had them).
+type Shared = HashMap<(Option<Arc<str>>, u64, bool, u8, Kind), Option<(Arc<Answer>, Built)>>;
 
 /// See the module documentation.
 pub struct Parked {
@@ -142,9 +207,11 @@ impl Parked {
         hub: &Hub,
     ) {
         sub.set_waits(self.waiters.park(key, channels));
-        hub.gauges[self.gauge]
-            .parked
-            .fetch_add(1, Ordering::Relaxed);
+        let gauges = &hub.gauges[self.gauge];
+        gauges.parked.fetch_add(1, Ordering::Relaxed);
+        if sub.is_stream() {
+            gauges.streams.fetch_add(1, Ordering::Relaxed);
+        }
         self.update_channels(hub);
     }
 
@@ -156,9 +223,11 @@ impl Parked {
         }
         self.waiters.unpark(sub.waits());
         sub.set_waits(waiters::NIL);
-        hub.gauges[self.gauge]
-            .parked
-            .fetch_sub(1, Ordering::Relaxed);
+        let gauges = &hub.gauges[self.gauge];
+        gauges.parked.fetch_sub(1, Ordering::Relaxed);
+        if sub.is_stream() {
+            gauges.streams.fetch_sub(1, Ordering::Relaxed);
+        }
         self.update_channels(hub);
     }
 
@@ -199,26 +268,38 @@ impl Parked {
         self.keys = keys;
     }
 
-    /// Answers subscribers whose hold or token ran out (one slice of the wheel's expiries).
-    pub fn on_hold_over<C: Subscriber>(
+    /// Answers `keys` for `reason` (one slice of the wheel's expiries, the drain, streams to
+    /// catch up), sharing encodings between them.
+    pub fn on_due<C: Subscriber>(
         &mut self,
         keys: &[u32],
+        reason: Due,
         subs: &mut Slab<C>,
         cx: &mut Ctx<'_>,
         steps: &mut Vec<(u32, Step)>,
     ) {
-        self.answer_all(keys, Why::HoldOver, subs, cx, steps);
+        let why = match reason {
+            Due::HoldOver => Why::HoldOver,
+            Due::Drain => Why::Drain,
+            Due::CatchUp => Why::CatchUp,
+        };
+        self.answer_all(keys, why, subs, cx, steps);
     }
 
-    /// The drain's answers: c = 0 at each subscriber's own cursor.
-    pub fn on_drain<C: Subscriber>(
+    /// Session `sid` ended: its parked polls (waiting on its reserved channel) get 401
+    /// `session_ended`.
+    pub fn on_session_ended<C: Subscriber>(
         &mut self,
-        keys: &[u32],
+        sid: &str,
         subs: &mut Slab<C>,
         cx: &mut Ctx<'_>,
         steps: &mut Vec<(u32, Step)>,
     ) {
-        self.answer_all(keys, Why::Drain, subs, cx, steps);
+        let mut keys = std::mem::take(&mut self.keys);
+        keys.clear();
+        self.waiters.waiting_on(&session::wait_name(sid), &mut keys);
+        self.answer_all(&keys, Why::SessionEnded, subs, cx, steps);
+        self.keys = keys;
     }
 
     /// Answers each of `keys` for `why`, sharing encodings between them.
@@ -249,75 +330,125 @@ impl Parked {
         if !sub.is_parked() {
             return None;
         }
-        let (out, delivered) = self.build(sub, why, cx)?;
+        let (out, built) = self.build(sub, why, cx)?;
+        if sub.is_stream() {
+            let next = (!matches!(why, Why::SessionEnded)).then_some(built.end);
+            return Some(sub.stream(out, built.delivered, next, built.full, cx));
+        }
         self.unlink(sub, cx.hub);
-        Some(sub.answer(out, delivered, cx))
+        Some(sub.answer(out, built.delivered, cx))
     }
 
     /// The one function that builds a parked subscriber's answer (see the module
-    /// documentation); `None` when a publish left nothing for it.
-    fn build<C: Subscriber>(&mut self, sub: &C, why: Why<'_>, cx: &Ctx<'_>) -> Option<(Out, bool)> {
-        let cors = cx.hub.config.cors_origin.as_deref();
+    /// documentation); `None` when a publish left nothing for it. A session poll's answer
+    /// moves the session's position to where the answer ends.
+    fn build<C: Subscriber>(
+        &mut self,
+        sub: &C,
+        why: Why<'_>,
+        cx: &Ctx<'_>,
+    ) -> Option<(Out, Built)> {
+        let kind = if sub.is_stream() {
+            Kind::Events
+        } else {
+            Kind::Poll
+        };
+        let (close, cors) = match kind {
+            Kind::Poll => (sub.closes_after(), sub.cors()),
+            Kind::Events => (false, 0),
+        };
+        let cors_value = cx.hub.config.cors.header(cors);
         let after = sub.after();
-        let close = sub.closes_after();
-        if sub.token_expired(cx.now) && !matches!(why, Why::Drain) {
-            let bytes = response::error_bytes(&poll::token_expired(), close, cors);
-            return Some((Out::Own(Answer::Flat(bytes)), false));
+        let error = |e: &response::ApiError| {
+            let bytes = match kind {
+                Kind::Poll => response::error_bytes(e, close, cors_value),
+                Kind::Events => sse::error_event(e),
+            };
+            Some((Out::Own(Answer::Flat(bytes)), Built::default()))
+        };
+        if matches!(why, Why::SessionEnded) {
+            return error(&response::SESSION_ENDED);
         }
-        let (single, several) = match why {
+        if sub.token_expired(cx.now) && !matches!(why, Why::Drain) {
+            return error(&poll::token_expired());
+        }
+        let (mut channels, session) = match why {
             Why::Published { last_seq, .. } if after >= last_seq => return None,
             Why::Published { channel, .. } if self.waiters.is_single(sub.waits()) => {
-                (Some(channel.clone()), Vec::new())
+                (vec![channel.clone()], None)
             }
-            Why::Drain => (None, Vec::new()),
             _ => {
                 let mut v = self.waiters.channels_of(sub.waits());
-                if v.len() == 1 {
-                    (v.pop(), v)
-                } else {
-                    (None, v)
-                }
+                // A session poll waits on its reserved channel last (see `session`).
+                let session = match v.last() {
+                    Some(last) if session::sid_of(last).is_some() => v.pop(),
+                    _ => None,
+                };
+                (v, session)
             }
         };
-        if !several.is_empty() {
-            return self
-                .read(&several, after, close, why, cx)
-                .map(|(a, d)| (Out::Own(a), d));
+        if matches!(why, Why::Drain) {
+            channels.clear();
         }
-        let key = (single, after, close);
-        if let Some(hit) = self.shared.get(&key) {
-            return hit.clone().map(|(a, d)| (Out::Shared(a), d));
+        let (out, built) = if channels.len() > 1 {
+            let (a, b) = self.read(&channels, after, close, cors_value, kind, why, cx)?;
+            (Out::Own(a), b)
+        } else {
+            let key = (channels.pop(), after, close, cors, kind);
+            let made = match self.shared.get(&key) {
+                Some(hit) => hit.clone(),
+                None => {
+                    let made = self
+                        .read(key.0.as_slice(), after, close, cors_value, kind, why, cx)
+                        .map(|(a, b)| (Arc::new(a), b));
+                    self.shared.insert(key, made.clone());
+                    made
+                }
+            };
+            let (a, b) = made?;
+            (Out::Shared(a), b)
+        };
+        if let Some(sid) = session.as_deref().and_then(session::sid_of) {
+            cx.hub.sessions.advance(sid, built.end, cx.now);
         }
-        let made = self
-            .read(key.0.as_slice(), after, close, why, cx)
-            .map(|(a, d)| (Arc::new(a), d));
-        self.shared.insert(key, made.clone());
-        made.map(|(a, d)| (Out::Shared(a), d))
+        Some((out, built))
     }
 
     /// Reads the store for `channels` after `after` and encodes the answer (the drain's is
-    /// empty at `after`); `None` when a publish left nothing to answer.
+    /// empty at `after`); `None` when a publish (or a stream's catch-up) found nothing.
+    #[allow(clippy::too_many_arguments)]
     fn read(
         &self,
         channels: &[Arc<str>],
         after: u64,
         close: bool,
+        cors: Option<&str>,
+        kind: Kind,
         why: Why<'_>,
         cx: &Ctx<'_>,
-    ) -> Option<(Answer, bool)> {
-        let cors = cx.hub.config.cors_origin.as_deref();
+    ) -> Option<(Answer, Built)> {
         if matches!(why, Why::Drain) {
-            return Some((poll::empty_answer(self.epoch, after, close, cors), false));
+            let built = Built {
+                end: after,
+                ..Built::default()
+            };
+            return Some((poll::empty_answer(self.epoch, after, close, cors), built));
         }
         let found = cx.hub.read().read(channels, after, cx.now, MAX_PER_ANSWER);
-        if found.messages.is_empty() && !found.reset && matches!(why, Why::Published { .. }) {
+        let only_news = matches!(why, Why::Published { .. } | Why::CatchUp) || kind == Kind::Events;
+        if found.messages.is_empty() && !found.reset && only_news {
             return None;
         }
-        let delivered = !found.messages.is_empty();
-        Some((
-            answer::encode(&found, channels, self.epoch, close, cors),
-            delivered,
-        ))
+        let built = Built {
+            delivered: !found.messages.is_empty(),
+            end: found.end_seq(),
+            full: found.messages.len() == MAX_PER_ANSWER,
+        };
+        let answer = match kind {
+            Kind::Poll => answer::encode(&found, channels, self.epoch, close, cors),
+            Kind::Events => sse::encode(&found, channels, self.epoch, Vec::new()),
+        };
+        Some((answer, built))
     }
 }
 
@@ -335,6 +466,7 @@ mod tests {
         waits: u32,
         close: bool,
         expired: bool,
+        stream: bool,
         answers: Vec<(Out, bool)>,
     }
 
@@ -356,6 +488,35 @@ mod tests {
         }
         fn token_expired(&self, _now: u64) -> bool {
             self.expired
+        }
+        fn cors(&self) -> u8 {
+            0
+        }
+        fn is_stream(&self) -> bool {
+            self.stream
+        }
+        fn stream(
+            &mut self,
+            out: Out,
+            delivered: bool,
+            next: Option<u64>,
+            _more: bool,
+            _cx: &mut Ctx<'_>,
+        ) -> Step {
+            self.answers.push((out, delivered));
+            let next = match next {
+                Some(seq) => {
+                    self.after = seq;
+                    Next::Wait
+                }
+                None => Next::Close,
+            };
+            Step {
+                next,
+                timer: None,
+                delivered: u32::from(delivered),
+                answered: 0,
+            }
         }
         fn answer(&mut self, out: Out, delivered: bool, _cx: &mut Ctx<'_>) -> Step {
             self.answers.push((out, delivered));
@@ -436,7 +597,7 @@ mod tests {
         };
         match a {
             Answer::Flat(v) => String::from_utf8_lossy(v).into_owned(),
-            Answer::Refs(_) => panic!("small answers are flat"),
+            Answer::Refs(_) | Answer::Events(_) => panic!("small answers are flat"),
         }
     }
 
@@ -461,6 +622,86 @@ mod tests {
         assert_eq!(text(&own.0), text(&w.subs[a1 as usize].answers[0].0));
         assert!(w.subs[other as usize].answers.is_empty());
         assert_eq!(w.gauge(), (1, 1), "the answered ones left the index");
+    }
+
+    fn stream(w: &mut World, channels: &[&str], after: u64) -> u32 {
+        let key = w.subs.insert(Fake {
+            after,
+            waits: waiters::NIL,
+            stream: true,
+            ..Fake::default()
+        }) as u32;
+        let sub = &mut w.subs[key as usize];
+        w.parked.park(key, sub, channels, &w.hub);
+        key
+    }
+
+    #[test]
+    fn streams_share_one_encoding_and_stay_parked() {
+        let mut w = World::new();
+        let keys: Vec<u32> = (0..5).map(|_| stream(&mut w, &["a"], 0)).collect();
+        let poll = w.park(&["a"], 0);
+        assert_eq!(w.hub.streams(), 5);
+        let seq = w.publish("a");
+        let steps = w.wake("a", seq);
+        assert_eq!(steps.len(), 6);
+        let shared = |w: &World, k: u32| match &w.subs[k as usize].answers[0].0 {
+            Out::Shared(a) => a.clone(),
+            Out::Own(_) => panic!("a single-channel stream's events are shared"),
+        };
+        let first = shared(&w, keys[0]);
+        for &k in &keys[1..] {
+            assert!(Arc::ptr_eq(&first, &shared(&w, k)), "encoded once");
+        }
+        assert!(
+            !Arc::ptr_eq(&first, &shared(&w, poll)),
+            "events are not a poll answer"
+        );
+        let events = match &*first {
+            Answer::Events(_) => "by reference",
+            Answer::Flat(v) => panic!("{}", String::from_utf8_lossy(v)),
+            Answer::Refs(_) => panic!("a poll answer"),
+        };
+        assert_eq!(events, "by reference");
+        // The streams stay in the index at their new cursor; the poll left it.
+        assert_eq!(w.gauge(), (5, 1));
+        assert!(keys.iter().all(|&k| w.subs[k as usize].after == seq));
+        // A second publish reaches them again.
+        let seq2 = w.publish("a");
+        assert_eq!(w.wake("a", seq2).len(), 5);
+    }
+
+    #[test]
+    fn a_session_end_ends_its_streams_and_polls() {
+        let mut w = World::new();
+        let wait = session::wait_name("s");
+        let st = stream(&mut w, &["a", &wait], 0);
+        let poll = w.park(&["a", &wait], 0);
+        let other = w.park(&["a"], 0);
+        let mut steps = Vec::new();
+        let mut observer = crate::observer::Observer::default();
+        let mut cx = Ctx {
+            hub: &w.hub,
+            pool: &mut w.pool,
+            now: 0,
+            observer: &mut observer,
+        };
+        w.parked
+            .on_session_ended("s", &mut w.subs, &mut cx, &mut steps);
+        assert_eq!(steps.len(), 2);
+        let ev = text(&w.subs[st as usize].answers[0].0);
+        assert!(ev.starts_with("event: session_ended\n"), "{ev}");
+        let of_stream = steps
+            .iter()
+            .find(|(k, _)| *k == st)
+            .expect("the stream's step");
+        assert!(matches!(of_stream.1.next, Next::Close), "the stream ends");
+        let t = text(&w.subs[poll as usize].answers[0].0);
+        assert!(
+            t.starts_with("HTTP/1.1 401 ") && t.contains("session_ended"),
+            "{t}"
+        );
+        assert!(w.subs[other as usize].answers.is_empty());
     }
 
     #[test]
@@ -499,11 +740,12 @@ mod tests {
             observer: &mut observer,
         };
         w.parked
-            .on_hold_over(&[k1], &mut w.subs, &mut cx, &mut steps);
+            .on_due(&[k1], Due::HoldOver, &mut w.subs, &mut cx, &mut steps);
         let t = text(&w.subs[k1 as usize].answers[0].0);
         assert!(t.contains("{\"c\":0,"), "{t}");
         w.subs[k2 as usize].close = true;
-        w.parked.on_drain(&[k2], &mut w.subs, &mut cx, &mut steps);
+        w.parked
+            .on_due(&[k2], Due::Drain, &mut w.subs, &mut cx, &mut steps);
         let t = text(&w.subs[k2 as usize].answers[0].0);
         let cursor = crate::cursor::encode(9, seq);
         assert!(t.contains(&format!("\"cursor\":\"{cursor}\"")), "{t}");

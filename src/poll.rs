@@ -6,10 +6,18 @@
 //! answer is built by `parked`, always from a fresh read of the store with the poll's own
 //! cursor, so an answer never skips a message that was published after the poll looked.
 //!
-//! With `--cors-origin` every answer carries the CORS headers, errors and other paths included.
+//! With `--cors-origin` every answer carries the CORS headers, errors and other paths included
+//! (with a list of origins: when the request's `Origin` is one of them).
 //!
-//! Channel resolution (`resolve_channels`) is the one place tokens enter: without a secret the
-//! query names the channels; with one, the token grants them.
+//! A request with `Accept: text/event-stream` starts a Server-Sent Events stream instead
+//! (`Outcome::Stream`, see `sse`): the same channels, cursor rules and first read, the hold
+//! ignored.
+//!
+//! Channel resolution (`resolve_channels`) is the one place tokens and sessions enter: a `sid`
+//! naming a registered session gives the session's channels (and, without a cursor, its
+//! position); otherwise, without a secret the query names the channels; with one, the token
+//! grants them. A session poll's answer moves the session's position (here when answered at
+//! once, in `parked` when parked).
 
 use crate::answer::{self, Answer};
 use crate::cursor;
@@ -17,6 +25,8 @@ use crate::http::{self, Method, RequestHead};
 use crate::hub::Hub;
 use crate::query::{self, PollQuery, QueryError, MAX_CHANNELS};
 use crate::response::{self, ApiError, Extra};
+use crate::session;
+use crate::sse;
 use crate::store::Found;
 use crate::token;
 
@@ -38,6 +48,12 @@ pub struct Park {
     pub close: bool,
     /// With a token: ms from now until it expires (the poll must not outlive it).
     pub token_ms: Option<u64>,
+    /// The request's CORS match (`config::Cors::matching`), kept for the later answer.
+    pub cors: u8,
+    /// A Server-Sent Events stream (parked again after each write, see `sse`).
+    pub stream: bool,
+    /// A stream's first write was a full batch: more may wait in the store at `after`.
+    pub more: bool,
 }
 
 /// What to do with one request.
@@ -52,6 +68,13 @@ pub enum Outcome {
         channels: u8,
     },
     Park(Park),
+    /// Start an event stream: write `bytes` (head, `retry:`, the first events; `delivered`
+    /// when there are any), then park.
+    Stream {
+        bytes: Answer,
+        delivered: bool,
+        park: Park,
+    },
 }
 
 fn query_error(e: QueryError) -> ApiError {
@@ -73,19 +96,55 @@ pub fn token_expired() -> ApiError {
     token_error(token::TokenError::Expired)
 }
 
-/// The channels a poll waits on: the query's (checked against the token when a secret is set),
-/// or, with a token and none named, every channel the token grants. Takes the query's channels.
-/// The second value is the token's `exp` (unix seconds) when a token was given.
+/// What a poll is allowed to wait on.
+#[derive(Debug, Default)]
+pub struct Resolved {
+    pub channels: Vec<String>,
+    /// The token's `exp` (unix seconds) when a token was given.
+    pub exp: Option<f64>,
+    /// A session poll: its sid and the session's position.
+    pub session: Option<(String, u64)>,
+}
+
+/// The channels a poll waits on: a registered session's (when `sid`, without an
+/// `Authorization` header, names one), else the query's (checked against the token when a
+/// secret is set), or, with a token and none named, every channel the token grants. Takes the
+/// query's channels.
+///
+/// A `sid` in the session charset (`session::valid_sid`, which has no `.`, so never a token)
+/// that names no live session is 401 `session_unknown` with a secret, and without one when the
+/// request names no channel; without a secret, a request naming channels ignores such a sid
+/// (contract v1). Any other `sid` is a token with a secret and ignored without.
 pub fn resolve_channels(
     head: &RequestHead,
     q: &mut PollQuery,
     hub: &Hub,
-) -> Result<(Vec<String>, Option<f64>), ApiError> {
+    now_ms: u64,
+) -> Result<Resolved, ApiError> {
+    let session_sid = q
+        .sid
+        .as_deref()
+        .filter(|s| head.authorization.is_none() && session::valid_sid(s));
+    if let Some(sid) = session_sid {
+        if let Some(v) = hub.sessions.poll(sid, now_ms) {
+            return Ok(Resolved {
+                channels: v.channels.iter().map(|c| c.to_string()).collect(),
+                exp: None,
+                session: Some((sid.to_owned(), v.position)),
+            });
+        }
+        if hub.secret.is_some() || q.channels.is_empty() {
+            return Err(response::SESSION_UNKNOWN);
+        }
+    }
     let Some(secret) = &hub.secret else {
         if q.channels.is_empty() {
             return Err(response::NO_CHANNEL);
         }
-        return Ok((std::mem::take(&mut q.channels), None));
+        return Ok(Resolved {
+            channels: std::mem::take(&mut q.channels),
+            ..Resolved::default()
+        });
     };
     let tok = match &head.authorization {
         Some(h) => {
@@ -103,6 +162,11 @@ pub fn resolve_channels(
     };
     let claims = token::verify(secret, tok, token::unix_now()).map_err(token_error)?;
     let exp = Some(claims.exp);
+    let granted = |channels| Resolved {
+        channels,
+        exp,
+        session: None,
+    };
     if q.channels.is_empty() {
         if claims.channels.is_empty() {
             return Err(response::NO_CHANNEL);
@@ -110,13 +174,13 @@ pub fn resolve_channels(
         if claims.channels.len() > MAX_CHANNELS {
             return Err(TOO_MANY);
         }
-        return Ok((claims.channels, exp));
+        return Ok(granted(claims.channels));
     }
     if q.channels
         .iter()
         .all(|c| claims.channels.iter().any(|g| g == c))
     {
-        Ok((std::mem::take(&mut q.channels), exp))
+        Ok(granted(std::mem::take(&mut q.channels)))
     } else {
         Err(response::FORBIDDEN_CHANNEL)
     }
@@ -125,7 +189,13 @@ pub fn resolve_channels(
 /// Decides what to do with one request head (see the module documentation).
 pub fn handle(head: &RequestHead, hub: &Hub, now_ms: u64) -> Outcome {
     let close = !head.keep_alive || hub.is_draining();
-    let cors = hub.config.cors_origin.as_deref();
+    let (cors_match, mismatch) = hub.config.cors.matching(head.origin.as_deref());
+    if mismatch {
+        hub.counters
+            .cors_mismatches
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    let cors = hub.config.cors.header(cors_match);
     let err = |e: ApiError, cors: Option<&str>| {
         let mut bytes = Vec::with_capacity(256);
         let extra = Extra {
@@ -202,13 +272,25 @@ pub fn handle(head: &RequestHead, hub: &Hub, now_ms: u64) -> Outcome {
         Ok(q) => q,
         Err(e) => return err(query_error(e), cors),
     };
-    let (channels, exp) = match resolve_channels(head, &mut q, hub) {
+    let Resolved {
+        mut channels,
+        exp,
+        session,
+    } = match resolve_channels(head, &mut q, hub, now_ms) {
         Ok(c) => c,
         Err(e) => return err(e, cors),
     };
-    // A cursor parameter wins; an If-None-Match that is not one entity tag is a cursor that
-    // does not parse (a list of several tags included).
+    // A stream resumes from Last-Event-ID (what EventSource sends on reconnect), else the
+    // cursor or last_event_id parameter. A poll's cursor parameter wins; an If-None-Match that
+    // is not one entity tag is a cursor that does not parse (a list of several tags included).
+    let stream = head.event_stream;
     let cursor_text = match (q.cursor.as_deref(), head.if_none_match.as_deref()) {
+        _ if stream => head
+            .last_event_id
+            .as_deref()
+            .filter(|v| !v.is_empty())
+            .or(q.cursor.as_deref())
+            .or(q.last_event_id.as_deref()),
         (Some(c), _) => Some(c),
         (None, Some(v)) => match http::etag_cursor(v) {
             Some(c) => Some(c),
@@ -224,7 +306,11 @@ pub fn handle(head: &RequestHead, hub: &Hub, now_ms: u64) -> Outcome {
     let store = hub.read();
     let epoch = store.epoch();
     let (after, foreign) = match cursor_text {
-        None | Some("") => (store.last_seq(), false),
+        // A session poll without a cursor continues where the session's last answer ended.
+        None | Some("") => match &session {
+            Some((_, position)) => ((*position).min(store.last_seq()), false),
+            None => (store.last_seq(), false),
+        },
         Some(t) => match cursor::decode(t) {
             None => return err(response::BAD_CURSOR, cors),
             Some(c) if c.epoch != epoch => (0, true),
@@ -235,14 +321,49 @@ pub fn handle(head: &RequestHead, hub: &Hub, now_ms: u64) -> Outcome {
     let mut found = store.read(&channels, after, now_ms, MAX_PER_ANSWER);
     drop(store);
     found.reset |= foreign;
+    if stream {
+        let end = found.end_seq();
+        if let Some((sid, _)) = &session {
+            hub.sessions.advance(sid, end, now_ms);
+        }
+        let bytes = sse::encode(&found, &channels, epoch, sse::head(cors));
+        if let Some((sid, _)) = &session {
+            channels.push(session::wait_name(sid));
+        }
+        let more = found.messages.len() == MAX_PER_ANSWER;
+        return Outcome::Stream {
+            bytes,
+            delivered: !found.messages.is_empty(),
+            park: Park {
+                channels,
+                after: end,
+                hold_ms: 0,
+                close: true,
+                token_ms: exp.map(ms_until),
+                cors: cors_match,
+                stream: true,
+                more,
+            },
+        };
+    }
     if found.messages.is_empty() && !found.reset && hold_secs > 0 {
+        if let Some((sid, _)) = &session {
+            // The reserved channel the session's end wakes (see `session`).
+            channels.push(session::wait_name(sid));
+        }
         return Outcome::Park(Park {
             channels,
             after,
             hold_ms: hold_secs.saturating_mul(1000),
             close,
             token_ms: exp.map(ms_until),
+            cors: cors_match,
+            stream: false,
+            more: false,
         });
+    }
+    if let Some((sid, _)) = &session {
+        hub.sessions.advance(sid, found.end_seq(), now_ms);
     }
     let bytes = answer::encode(&found, &channels, epoch, close, cors);
     Outcome::Respond {

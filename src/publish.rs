@@ -1,6 +1,6 @@
 //! The publish socket's thread: socket I/O only. It accepts publisher connections, reads
-//! their bytes, hands each line to `line` (framing, parsing, answer lines), each publish to
-//! `ingest` (the store), each stats request to `stats`, writes the answers, and drains.
+//! their bytes, hands each line to `line` (framing, parsing, answer lines), each publish and
+//! session op to `ingest` (the store, the session table), each stats request to `stats`, writes the answers, and drains.
 //!
 //! Invariants:
 //! - Answers go out in line order per connection; every line gets exactly one answer, except
@@ -396,6 +396,24 @@ impl Publisher {
                         continue;
                     }
                     break;
+                }
+                Ok(Request::Session {
+                    sid,
+                    channels,
+                    ttl_secs,
+                }) => {
+                    batch.release();
+                    match self.ingest.register_session(&sid, channels, ttl_secs) {
+                        Ok(()) => line::ok_line(&mut c.out),
+                        Err(e) => line::error_line(&mut c.out, &e.to_string()),
+                    }
+                }
+                Ok(Request::EndSession { sid }) => {
+                    if self.ingest.end_session(&sid) {
+                        line::ok_line(&mut c.out);
+                    } else {
+                        line::error_line(&mut c.out, &format!("no such session {sid:?}"));
+                    }
                 }
                 Err(e) => {
                     errors += 1;

@@ -34,6 +34,9 @@ pub struct PollQuery {
     pub hold: Option<u64>,
     /// The first `sid` parameter, decoded; None when absent or empty.
     pub sid: Option<String>,
+    /// The first `last_event_id` parameter (an event stream's resume point, as nchan and
+    /// Mercure name it), decoded; None when absent or empty.
+    pub last_event_id: Option<String>,
 }
 
 /// Why a query is refused; every variant is a 400.
@@ -177,6 +180,9 @@ pub fn parse_poll_query(query: &str) -> Result<PollQuery, QueryError> {
                 q.cursor = Some(value.into_owned()).filter(|v| !v.is_empty());
             }
             "hold" if q.hold.is_none() => q.hold = Some(parse_hold(&value)?),
+            "last_event_id" if q.last_event_id.is_none() => {
+                q.last_event_id = Some(value.into_owned()).filter(|v| !v.is_empty());
+            }
             "sid" if !seen_sid => {
                 seen_sid = true;
                 q.sid = Some(value.into_owned()).filter(|v| !v.is_empty());

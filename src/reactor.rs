@@ -2,7 +2,7 @@
 //! hold wheel, parked subscribers and buffer pool. The loop only dispatches: listener
 //! readiness to `accept`, connection readiness to `Conn::on_ready`, wake-ups from the publish
 //! thread to `Parked::on_published`, wheel ticks to `Conn::on_timer` and
-//! `Parked::on_hold_over`; each connection answers with a `conn::Step` that `apply` carries out
+//! `Parked::on_due`; each connection answers with a `conn::Step` that `apply` carries out
 //! (arm the timer, park, queue for later, close).
 //!
 //! Tokens: `WAKER` (0) is the publish thread's wake-up; `LISTENER_BASE + i` are the listeners;
@@ -23,6 +23,8 @@
 //!   a time in `apply`, before a close can forget the connection; the log's buffer is written
 //!   once at the end of each loop turn. A publish wake-up that answered someone records its
 //!   fan-out time (`Command::Published::accepted` to the end of the wake-up).
+//! - An event stream is parked after each write; a stream whose output drained (or whose
+//!   batch was full) is queued to catch up from its cursor (`Ready::CatchUp`), a batch a turn.
 
 use std::collections::VecDeque;
 use std::io;
@@ -41,7 +43,7 @@ use crate::conn::{Conn, Ctx, Next, Step};
 use crate::http::MAX_HEAD;
 use crate::hub::{Clock, Command, Hub};
 use crate::observer::Observer;
-use crate::parked::Parked;
+use crate::parked::{Due, Parked};
 use crate::pool::BufferPool;
 use crate::response;
 use crate::sockio::{self, Accepted, Lingering};
@@ -89,6 +91,9 @@ pub const DRAIN_MS: u64 = 4_000;
 enum Ready {
     Listener(usize),
     Conn(u32),
+    /// A stream to catch up from its cursor (queued, so a long backlog is sent a batch per
+    /// turn, not in one recursion).
+    CatchUp(u32),
 }
 
 /// See the module documentation.
@@ -242,9 +247,6 @@ impl Reactor {
 
     /// Carries out what a connection asked for.
     fn apply(&mut self, key: u32, step: Step) {
-        if step.delivered > 0 {
-            self.observer.delivered(&self.hub, step.delivered);
-        }
         if step.answered > 0 {
             let conn = self.conns.get(key as usize);
             let peer = || conn.and_then(|c| c.sock().peer_addr().ok());
@@ -266,21 +268,21 @@ impl Reactor {
                     self.parked.park(key, c, &p.channels, &self.hub);
                     self.observer.parked(key, self.now, p.channels.len());
                 }
+                if p.more {
+                    self.ready.push_back(Ready::CatchUp(key));
+                }
             }
-            Next::Answer => self.answer_parked(&[key], false),
+            Next::Answer => self.answer_parked(&[key], Due::HoldOver),
+            Next::CatchUp => self.ready.push_back(Ready::CatchUp(key)),
         }
     }
 
     /// Has `parked` answer the parked subscribers `keys` (hold or token over, or the drain's
     /// answer) with one encode-once cache, and applies their steps.
-    fn answer_parked(&mut self, keys: &[u32], drain: bool) {
+    fn answer_parked(&mut self, keys: &[u32], reason: Due) {
         let mut steps = std::mem::take(&mut self.steps);
         let (mut cx, conns) = (cx!(self), &mut self.conns);
-        if drain {
-            self.parked.on_drain(keys, conns, &mut cx, &mut steps);
-        } else {
-            self.parked.on_hold_over(keys, conns, &mut cx, &mut steps);
-        }
+        self.parked.on_due(keys, reason, conns, &mut cx, &mut steps);
         self.apply_all(&mut steps);
         self.steps = steps;
     }
@@ -308,7 +310,8 @@ impl Reactor {
                 self.apply(key, step);
             }
         }
-        self.answer_parked(&held, drain);
+        let reason = if drain { Due::Drain } else { Due::HoldOver };
+        self.answer_parked(&held, reason);
         held.clear();
         self.held = held;
     }
@@ -324,6 +327,7 @@ impl Reactor {
             match self.ready.pop_front() {
                 Some(Ready::Listener(i)) => self.accept(i),
                 Some(Ready::Conn(k)) => self.on_conn(k, |c, cx| c.on_turn(cx)),
+                Some(Ready::CatchUp(k)) => self.answer_parked(&[k], Due::CatchUp),
                 None => break,
             }
         }
@@ -359,7 +363,7 @@ impl Reactor {
         let held = counters.connections.fetch_add(1, Ordering::Relaxed);
         if held >= self.hub.max_connections {
             counters.connections.fetch_sub(1, Ordering::Relaxed);
-            let cors = self.hub.config.cors_origin.as_deref();
+            let cors = self.hub.config.cors.without_request();
             let bytes = response::error_bytes(&response::OVER_CAPACITY, true, cors);
             // Best effort: a fresh socket's send buffer takes this small answer at once. Then
             // FIN, and its request is read and dropped for a moment instead of a reset.
@@ -460,6 +464,14 @@ impl Reactor {
             } => self.on_published(last_seq, &channels, accepted),
             Command::WaitingChannels(reply) => {
                 let _ = reply.send(self.parked.channel_names().map(Box::from).collect());
+            }
+            Command::SessionEnded(sid) => {
+                let mut steps = std::mem::take(&mut self.steps);
+                let (mut cx, conns) = (cx!(self), &mut self.conns);
+                self.parked
+                    .on_session_ended(&sid, conns, &mut cx, &mut steps);
+                self.apply_all(&mut steps);
+                self.steps = steps;
             }
             Command::Drain => self.drain(),
             Command::Freeze(reply) => self.freeze(reply),

@@ -64,6 +64,16 @@ pub const NOT_BEARER: ApiError = ApiError::new(
     "token_malformed",
     "the Authorization header must use the Bearer scheme",
 );
+pub const SESSION_UNKNOWN: ApiError = ApiError::new(
+    401,
+    "session_unknown",
+    "no such session: it was never registered, has expired or has ended",
+);
+pub const SESSION_ENDED: ApiError = ApiError::new(
+    401,
+    "session_ended",
+    "the session was ended by the application",
+);
 pub const FORBIDDEN_CHANNEL: ApiError = ApiError::new(
     403,
     "channel_forbidden",
@@ -160,15 +170,7 @@ pub fn write_head(out: &mut Vec<u8>, status: u16, extra: &Extra<'_>, body_len: u
         let _ = write!(out, "Retry-After: {RETRY_AFTER_SECS}\r\n");
     }
     if let Some(origin) = extra.cors {
-        let _ = write!(
-            out,
-            "Access-Control-Allow-Origin: {origin}\r\nAccess-Control-Expose-Headers: ETag, Retry-After\r\nVary: Origin\r\n"
-        );
-        if extra.preflight {
-            out.extend_from_slice(
-                b"Access-Control-Allow-Methods: GET, OPTIONS\r\nAccess-Control-Allow-Headers: Authorization, If-None-Match\r\nAccess-Control-Max-Age: 600\r\n",
-            );
-        }
+        write_cors(out, origin, extra.preflight);
     }
     if extra.close {
         out.extend_from_slice(b"Connection: close\r\n");
@@ -177,6 +179,19 @@ pub fn write_head(out: &mut Vec<u8>, status: u16, extra: &Extra<'_>, body_len: u
         let _ = write!(out, "Content-Length: {body_len}\r\n");
     }
     out.extend_from_slice(b"\r\n");
+}
+
+/// Appends the CORS headers allowing `origin` (and the preflight's, when `preflight`).
+pub fn write_cors(out: &mut Vec<u8>, origin: &str, preflight: bool) {
+    let _ = write!(
+        out,
+        "Access-Control-Allow-Origin: {origin}\r\nAccess-Control-Expose-Headers: ETag, Retry-After\r\nVary: Origin\r\n"
+    );
+    if preflight {
+        out.extend_from_slice(
+            b"Access-Control-Allow-Methods: GET, OPTIONS\r\nAccess-Control-Allow-Headers: Authorization, If-None-Match, Last-Event-ID\r\nAccess-Control-Max-Age: 600\r\n",
+        );
+    }
 }
 
 /// An error response with the server's CORS origin (every answer carries it when set).

@@ -439,18 +439,18 @@ pub fn serve(config: Config) -> Result<(), StartError> {
         let c = &hub.config;
         let ttl_ms = c.message_ttl_secs.saturating_mul(1000);
         let (buffer, max_channels) = (c.buffer, c.max_channels);
-        let (image, age) = (i.state.store.clone(), i.state.age_ms());
-        let store = Store::restore(image, buffer, ttl_ms, max_channels, hub.clock.now_ms(), age)
+        let (image, age, now_ms) = (i.state.store.clone(), i.state.age_ms(), hub.clock.now_ms());
+        let store = Store::restore(image, buffer, ttl_ms, max_channels, now_ms, age)
             .map_err(|e| StartError::Runtime(format!("upgrade state refused: {e}")))?;
+        hub.sessions.restore(i.state.sessions.clone(), now_ms, age);
         hub = hub.restored(store, i.state.generation + 1);
     } else if let Some(path) = &state_file {
         let c = &hub.config;
         let now_ms = hub.clock.now_ms();
         let ttl_ms = c.message_ttl_secs.saturating_mul(1000);
-        if let Some((store, generation)) =
-            state::load_store(path, c.buffer, ttl_ms, c.max_channels, now_ms)
-        {
-            hub = hub.restored(store, generation);
+        if let Some(go_on) = state::load_store(path, c.buffer, ttl_ms, c.max_channels, now_ms) {
+            hub.sessions.restore(go_on.sessions, now_ms, go_on.age_ms);
+            hub = hub.restored(go_on.store, go_on.generation);
         }
     }
     let hub = Arc::new(hub);

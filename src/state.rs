@@ -30,6 +30,7 @@ use log::{info, warn};
 use serde::{Deserialize, Serialize};
 
 use crate::hub::Hub;
+use crate::session::SessionImage;
 use crate::store::{Store, StoreImage};
 
 /// Version of the image layout this binary writes and the only one it reads.
@@ -43,6 +44,9 @@ pub struct ServerState {
     /// Wall-clock milliseconds since the Unix epoch when the image was taken.
     pub written_unix_ms: u64,
     pub store: StoreImage,
+    /// The registered sessions (`session`), with their positions.
+    #[serde(default)]
+    pub sessions: Vec<SessionImage>,
     /// The live part, handed over by an upgrade only (a state file has none): descriptors and
     /// what each connection was doing.
     #[serde(default)]
@@ -74,10 +78,13 @@ pub struct SocketFileImage {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ConnImage {
     pub fd: i32,
-    /// `conn::Phase` as a number: 0 head, 1 idle, 2 parked.
-    pub phase: u8,
-    /// `conn`'s flag bits (close after, readable, read closed, token timer).
+    /// `conn`'s flag bits (close after, readable, read closed, token timer, stream) and its
+    /// phase (bits 5-6: 0 head, 1 idle, 2 parked).
     pub flags: u8,
+    /// The parked request's CORS match (`config::Cors::matching`).
+    pub cors: u8,
+    /// An event stream's heartbeats left.
+    pub beats: u16,
     /// The parked poll's cursor seq.
     pub after: u64,
     /// The parked poll's channels, in subscription order.
@@ -126,8 +133,17 @@ impl ServerState {
             generation,
             written_unix_ms: unix_ms(),
             store: store.snapshot(now_ms),
+            sessions: Vec::new(),
             live: None,
         }
+    }
+
+    /// The state of the server `hub` serves: its store and its sessions.
+    pub fn of_hub(hub: &Hub) -> ServerState {
+        let now_ms = hub.clock.now_ms();
+        let mut state = ServerState::of(&hub.read(), now_ms, hub.generation);
+        state.sessions = hub.sessions.snapshot(now_ms);
+        state
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -182,7 +198,7 @@ pub fn write_file(path: &Path, state: &ServerState) -> io::Result<()> {
 /// Writes the store's state for the next start (`--state-file`), after the drain: no publish
 /// is accepted any more, so the image holds every acked message.
 pub fn save(hub: &Hub, path: &Path) {
-    let state = ServerState::of(&hub.read(), hub.clock.now_ms(), hub.generation);
+    let state = ServerState::of_hub(hub);
     match write_file(path, &state) {
         Ok(()) => info!(
             "state written to {} (epoch {:x}, seq {})",
@@ -239,6 +255,17 @@ pub fn read_file(path: &Path, ttl_ms: u64) -> Option<ServerState> {
     Some(state)
 }
 
+/// What a start continues from a state file.
+#[derive(Debug)]
+pub struct Continued {
+    pub store: Store,
+    /// This process's generation.
+    pub generation: u64,
+    pub sessions: Vec<SessionImage>,
+    /// How long ago the file was written.
+    pub age_ms: u64,
+}
+
 /// The store and generation a start with `--state-file path` continues: the file's, restored
 /// with this process's limits, or `None` (logged) when it cannot be used.
 pub fn load_store(
@@ -247,7 +274,7 @@ pub fn load_store(
     ttl_ms: u64,
     max_channels: usize,
     now_ms: u64,
-) -> Option<(Store, u64)> {
+) -> Option<Continued> {
     let state = read_file(path, ttl_ms)?;
     let age = state.age_ms();
     match Store::restore(state.store, buffer, ttl_ms, max_channels, now_ms, age) {
@@ -258,7 +285,12 @@ pub fn load_store(
                 store.epoch(),
                 store.last_seq()
             );
-            Some((store, state.generation + 1))
+            Some(Continued {
+                store,
+                generation: state.generation + 1,
+                sessions: state.sessions,
+                age_ms: age,
+            })
         }
         Err(e) => {
             warn!(
@@ -292,7 +324,9 @@ mod tests {
     fn a_written_file_loads_as_the_next_generation_of_the_same_epoch() {
         let path = temp_path("roundtrip");
         write_file(&path, &ServerState::of(&sample_store(), 10, 3)).expect("written");
-        let (store, generation) = load_store(&path, 8, 60_000, 100, 0).expect("loads");
+        let Continued {
+            store, generation, ..
+        } = load_store(&path, 8, 60_000, 100, 0).expect("loads");
         assert_eq!(generation, 4);
         assert_eq!(store.epoch(), 42);
         assert_eq!(store.last_seq(), 1);

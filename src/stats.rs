@@ -23,6 +23,7 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use crate::hub::{Command, Hub, ReactorLink};
+use crate::session;
 
 /// How long a stats request waits for the reactors' replies; a reactor stuck longer than
 /// this is rare and only makes `channels` undercount its waiters for that one answer.
@@ -37,6 +38,10 @@ pub struct Figures {
     pub messages: usize,
     pub published: u64,
     pub delivered: u64,
+    /// Registered sessions (not yet reclaimed).
+    pub sessions: usize,
+    /// Server-Sent Events streams (also counted in `parked`).
+    pub streams: usize,
     /// This process's id: it changes with each upgrade.
     pub pid: u32,
     /// Processes this state has lived in: 1 at a first start, +1 per upgrade or state-file
@@ -49,13 +54,15 @@ impl Figures {
     pub fn write_line(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(
             format!(
-                "{{\"ok\":true,\"connections\":{},\"parked\":{},\"channels\":{},\"messages\":{},\"published\":{},\"delivered\":{},\"pid\":{},\"generation\":{}}}\n",
+                "{{\"ok\":true,\"connections\":{},\"parked\":{},\"channels\":{},\"messages\":{},\"published\":{},\"delivered\":{},\"sessions\":{},\"streams\":{},\"pid\":{},\"generation\":{}}}\n",
                 self.connections,
                 self.parked,
                 self.channels,
                 self.messages,
                 self.published,
                 self.delivered,
+                self.sessions,
+                self.streams,
                 self.pid,
                 self.generation,
             )
@@ -89,6 +96,7 @@ impl WaitingReply {
 struct Counted {
     connections: usize,
     parked: usize,
+    streams: usize,
     delivered: u64,
 }
 
@@ -137,6 +145,7 @@ impl<A: Copy + PartialEq> PendingStats<A> {
             connections: hub.counters.connections.load(Ordering::Relaxed),
             parked: hub.parked(),
             delivered: hub.delivered(),
+            streams: hub.streams(),
         };
         let query = self.next_query;
         self.next_query += 1;
@@ -216,13 +225,19 @@ impl<A: Copy + PartialEq> PendingStats<A> {
 /// The figures from the counters and the waiters' channel names, completed from the store.
 fn figures(hub: &Hub, counted: &Counted, waiting: &HashSet<Box<str>>) -> Figures {
     let st = hub.read();
-    // O(waiting channels), not O(held channels): a million held names are not walked.
-    let waiting_only = waiting.iter().filter(|n| !st.holds(n)).count();
+    // O(waiting channels), not O(held channels): a million held names are not walked. A
+    // session's reserved wait channel is not a channel of the contract.
+    let waiting_only = waiting
+        .iter()
+        .filter(|n| session::sid_of(n).is_none() && !st.holds(n))
+        .count();
     let s = st.stats();
     Figures {
         connections: counted.connections,
         parked: counted.parked,
         channels: s.channels + waiting_only,
+        sessions: hub.sessions.len(),
+        streams: counted.streams,
         messages: s.messages,
         published: s.published,
         delivered: counted.delivered,
@@ -268,13 +283,15 @@ mod tests {
             messages: 4,
             published: 5,
             delivered: 6,
-            pid: 7,
-            generation: 8,
+            sessions: 7,
+            streams: 8,
+            pid: 9,
+            generation: 10,
         }
         .write_line(&mut out);
         assert_eq!(
             out,
-            b"{\"ok\":true,\"connections\":1,\"parked\":2,\"channels\":3,\"messages\":4,\"published\":5,\"delivered\":6,\"pid\":7,\"generation\":8}\n"
+            b"{\"ok\":true,\"connections\":1,\"parked\":2,\"channels\":3,\"messages\":4,\"published\":5,\"delivered\":6,\"sessions\":7,\"streams\":8,\"pid\":9,\"generation\":10}\n"
         );
     }
 

@@ -187,6 +187,14 @@ pub struct Found {
     pub last_seq: u64,
 }
 
+impl Found {
+    /// The seq an answer of this read ends at (its cursor): the last message's when it carries
+    /// some (more may follow), else the newest seq of the store at the read.
+    pub fn end_seq(&self) -> u64 {
+        self.messages.last().map_or(self.last_seq, |m| m.seq)
+    }
+}
+
 /// Figures for the stats line.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StoreStats {

@@ -121,7 +121,7 @@ pub fn upgrade(up: &Upgrader, run: &Running<'_>) -> Result<u32, String> {
     }
     images.sort_by_key(|i| i.index);
     let frozen = started.elapsed();
-    let mut state = ServerState::of(&run.hub.read(), run.hub.clock.now_ms(), run.hub.generation);
+    let mut state = ServerState::of_hub(run.hub);
     let conns: usize = images.iter().map(|i| i.conns.len()).sum();
     let mut live = LiveImage {
         publish_listener: publish.listener,

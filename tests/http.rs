@@ -477,7 +477,7 @@ fn cors_headers_on_answers_errors_and_preflight() {
     );
     assert_eq!(
         r.header("access-control-allow-headers"),
-        Some("Authorization, If-None-Match")
+        Some("Authorization, If-None-Match, Last-Event-ID")
     );
     assert_eq!(r.header("access-control-max-age"), Some("600"));
     // A poll answer (empty, then with a message after a park).

@@ -1,5 +1,5 @@
-//! `--state-file` over the real binary: the SIGTERM drain writes the store, a start with the
-//! same option continues its epoch (an old cursor reads on with no reset, seqs go on, stats
+//! `--state-file` over the real binary: the SIGTERM drain writes the store and the sessions, a
+//! start with the same option continues its epoch (an old cursor reads on with no reset, seqs go on, stats
 //! `generation` counts the restart), and a missing, corrupt, unknown-version or stale file is
 //! logged and ignored: a new epoch, never a failed start.
 
@@ -45,30 +45,39 @@ fn a_planned_restart_continues_the_epoch_without_reset() {
     let second = a.publish("ch", "{\"n\":2}");
     let seen = poll_from(&a, "ch", &first);
     assert_eq!(seen.ids(), vec![second.clone()]);
+    assert_eq!(a.publisher().session("kept", &["ch"], 600)["ok"], true);
     stop(a);
     assert!(state.exists(), "the drain wrote the state file");
 
     let b = start_with_state(&state, &[]);
     assert_eq!(b.stats()["generation"], 2);
     assert_eq!(b.stats()["messages"], 2);
+    // The session registered before the stop goes on from its position (the newest seq then).
+    assert_eq!(b.stats()["sessions"], 1);
+    let after_stop = b.publish("ch", "\"late\"");
+    let s = check_poll(&b.http().request("/pns/poll?sid=kept&hold=0"));
+    assert_eq!(s.ids(), vec![after_stop.clone()]);
     // A client re-polling after the restart reads on from its cursor.
     let after_first = poll_from(&b, "ch", &first);
     assert!(!after_first.reset, "{}", after_first.raw);
-    assert_eq!(after_first.ids(), vec![second.clone()]);
+    assert_eq!(after_first.ids(), vec![second.clone(), after_stop.clone()]);
     assert_eq!(after_first.msgs[0]["data"]["n"], 2);
     let from_start = poll_from(&b, "ch", &c0);
     assert!(!from_start.reset);
-    assert_eq!(from_start.ids(), vec![first, second.clone()]);
+    assert_eq!(
+        from_start.ids(),
+        vec![first, second.clone(), after_stop.clone()]
+    );
     // The sequence goes on: the next message follows the carried ones.
     let third = b.publish("ch", "3");
-    let next = poll_from(&b, "ch", &second);
+    let next = poll_from(&b, "ch", &after_stop);
     assert!(!next.reset);
     assert_eq!(next.ids(), vec![third]);
     stop(b);
 
     let c = start_with_state(&state, &[]);
     assert_eq!(c.stats()["generation"], 3);
-    assert_eq!(poll_from(&c, "ch", &c0).c, 3);
+    assert_eq!(poll_from(&c, "ch", &c0).c, 4);
 }
 
 /// Starts over `contents` in the state file: the server serves a new epoch (an old cursor is

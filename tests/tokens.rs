@@ -35,15 +35,7 @@ const LONG_TTL: u64 = 3600;
 
 /// A server started with `--secret-file` holding `file_bytes`.
 fn secret_server(file_bytes: &[u8], extra: &[&str]) -> (Server, PathBuf) {
-    let dir = TempDir::new();
-    let secret = dir.join("secret");
-    std::fs::write(&secret, file_bytes).expect("write secret file");
-    let socket = dir.join("pnsd.sock");
-    let secret_arg = secret.to_str().expect("utf-8 temp path").to_string();
-    let mut args = vec!["--secret-file", secret_arg.as_str()];
-    args.extend_from_slice(extra);
-    let server = Server::start_in(dir, socket, &[], &args);
-    (server, secret)
+    Server::start_with_secret(file_bytes, extra)
 }
 
 /// `pnsd token --secret-file PATH --channel C... [--ttl T]`: asserts exit 0, one line of

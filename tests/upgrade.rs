@@ -481,3 +481,33 @@ fn holds_run_out_and_lines_behind_the_upgrade_op_are_answered_by_the_new_process
     assert_eq!((a.c, a.reset), (0, false), "{}", a.raw);
     assert!(a.cursor == c0 || a.cursor == id, "{}", a.raw);
 }
+
+#[test]
+fn event_streams_and_sessions_are_carried() {
+    let mut up = Installed::start(&["--threads", "2"], |_| {});
+    let s = &up.server;
+    assert_eq!(s.publisher().session("carried", &["inbox"], 60)["ok"], true);
+    let first = s.publish("inbox", "1");
+    // A session poll gets the message and moves the session's position past it.
+    let a = check_poll(&s.http().request("/pns/poll?sid=carried&hold=0"));
+    assert_eq!(a.ids(), vec![first]);
+    let mut stream = s.http();
+    let head = stream.open_events("/pns/poll?channel=live", &[]);
+    assert_eq!(head.status, 200);
+    s.wait_stat("streams", 1);
+
+    up.upgrade_ok();
+    assert!(up.server.wait_exit(DEADLINE).is_some_and(|st| st.success()));
+    let s = &up.server;
+    assert_eq!(s.stats()["streams"], 1);
+    assert_eq!(s.stats()["sessions"], 1);
+    // The stream, opened before the upgrade, gets the next message from the new process.
+    let id = s.publish("live", "2");
+    let e = stream.next_data_event();
+    assert_eq!(e.id.as_deref(), Some(id.as_str()));
+    // The session kept its position: a cursor-less poll gets only what came after it.
+    let second = s.publish("inbox", "3");
+    let b = check_poll(&s.http().request("/pns/poll?sid=carried&hold=0"));
+    assert!(!b.reset, "{}", b.raw);
+    assert_eq!(b.ids(), vec![second]);
+}

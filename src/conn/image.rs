@@ -2,18 +2,21 @@
 //! describes in the process that takes over.
 //!
 //! Invariants:
-//! - Everything the state machine keeps travels: phase, flags, the parked cursor, unparsed
+//! - Everything the state machine keeps travels: flags (with the phase and the stream bit), the
+//!   CORS match, a stream's heartbeats left, the parked cursor, unparsed
 //!   input and the body bytes to skip, and the unsent part of the response in flight (as flat
 //!   bytes: the answer's segments are concatenated from the written position on).
 //! - The timer travels as the time left, not as a tick: each process has its own clock
 //!   origin. A parked poll keeps its original deadline (rounded up to the next tick, as
 //!   always), and a token timer stays a token timer.
 //! - A restored connection asks for a turn when it has input or output to go on with, and a
-//!   parked one asks to be parked again under its channels, so `parked` re-links it.
+//!   parked one (a poll or an event stream, which stays linked while it writes) asks to be
+//!   parked again under its channels, so `parked` re-links it; a stream's pending events are
+//!   flushed on its first writable edge, then it catches up from its cursor as always.
 
 use std::io::IoSlice;
 
-use super::{Conn, Ctx, Next, Out, Pending, Phase, Step, Transport};
+use super::{Conn, Ctx, Next, Out, Pending, Phase, Step, Transport, PHASE_BITS, PHASE_SHIFT};
 use crate::answer::Answer;
 use crate::poll::Park;
 use crate::sockio::Segments;
@@ -24,16 +27,9 @@ use crate::wheel::{tick_up, TimerLink, TICK_MS};
 /// Segments copied per call while flattening an answer in flight.
 const SLICES: usize = 64;
 
-fn phase_number(p: Phase) -> u8 {
-    match p {
-        Phase::Head => 0,
-        Phase::Idle => 1,
-        Phase::Parked => 2,
-    }
-}
-
-fn phase_of(n: u8) -> Option<Phase> {
-    match n {
+/// The phase `flags` hold, `None` for bits no phase has.
+fn phase_in(flags: u8) -> Option<Phase> {
+    match (flags & PHASE_BITS) >> PHASE_SHIFT {
         0 => Some(Phase::Head),
         1 => Some(Phase::Idle),
         2 => Some(Phase::Parked),
@@ -74,8 +70,9 @@ impl<S> Conn<S> {
         };
         ConnImage {
             fd,
-            phase: phase_number(self.phase),
             flags: self.flags,
+            cors: self.cors,
+            beats: self.beats,
             after: self.after,
             channels,
             timer_ms: self
@@ -93,7 +90,7 @@ impl<S: Transport> Conn<S> {
     /// The connection `image` describes, on `sock`, and what its owner does next; `None` for
     /// an image this binary cannot interpret.
     pub fn restore(sock: S, image: &ConnImage, cx: &Ctx<'_>) -> Option<(Conn<S>, Step)> {
-        let phase = phase_of(image.phase)?;
+        let phase = phase_in(image.flags)?;
         let has_out = !image.out.is_empty();
         let pending = (!image.input.is_empty() || image.skip > 0 || has_out).then(|| {
             Box::new(Pending {
@@ -108,8 +105,9 @@ impl<S: Transport> Conn<S> {
             waits: waiters::NIL,
             after: image.after,
             pending,
-            phase,
             flags: image.flags,
+            cors: image.cors,
+            beats: image.beats,
         };
         let next = if phase == Phase::Parked {
             Next::Park(Park {
@@ -118,6 +116,9 @@ impl<S: Transport> Conn<S> {
                 hold_ms: image.timer_ms.unwrap_or(0),
                 close: c.has(super::CLOSE_AFTER),
                 token_ms: None,
+                cors: image.cors,
+                stream: c.has(super::STREAM),
+                more: false,
             })
         } else if c.pending.is_some() || c.has(super::READABLE) {
             Next::Later

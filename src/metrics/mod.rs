@@ -112,7 +112,7 @@ impl Snapshot {
         };
         for g in hub.gauges.iter() {
             s.parked += get(&g.parked);
-            s.sse_streams += get(&g.sse_streams);
+            s.sse_streams += get(&g.streams);
             s.waiting_channels += get(&g.waiting_channels);
             g.tally.add_to(&mut s.tally);
         }

@@ -70,7 +70,7 @@ impl Reactor {
             let Some((conn, step)) = Conn::restore(sock, &image, &cx) else {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
-                    format!("connection phase {} unknown", image.phase),
+                    format!("connection flags {:#x}: no such phase", image.flags),
                 ));
             };
             self.hub

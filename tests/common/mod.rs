@@ -178,6 +178,20 @@ impl Server {
         }
     }
 
+    /// A server started with `--secret-file` holding `file_bytes` (and `extra` options);
+    /// returns the secret file's path too.
+    pub fn start_with_secret(file_bytes: &[u8], extra: &[&str]) -> (Server, PathBuf) {
+        let dir = TempDir::new();
+        let secret = dir.join("secret");
+        std::fs::write(&secret, file_bytes).expect("write secret file");
+        let socket = dir.join("pnsd.sock");
+        let secret_arg = secret.to_str().expect("utf-8 temp path").to_string();
+        let mut args = vec!["--secret-file", secret_arg.as_str()];
+        args.extend_from_slice(extra);
+        let server = Server::start_in(dir, socket, &[], &args);
+        (server, secret)
+    }
+
     /// A new keep-alive HTTP connection to the first address.
     pub fn http(&self) -> HttpConn {
         HttpConn::connect(self.addr)
@@ -273,10 +287,18 @@ impl Server {
     }
 
     /// Waits (bounded) until the series `series` of a scrape equals `want`; returns the scrape.
+    /// A scrape the server refuses (it holds its most scrapers and has not yet seen one leave)
+    /// counts as "not yet".
     pub fn wait_metric(&self, series: &str, want: f64) -> String {
+        let addr = self.metrics.expect("started with --metrics-listen");
+        let request = "GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
         let deadline = Instant::now() + DEADLINE;
         loop {
-            let text = self.scrape();
+            let text = match try_http_once(addr, request) {
+                Ok((200, body)) => body,
+                Ok((status, body)) => panic!("scrape answered {status}: {body}"),
+                Err(e) => format!("(refused: {e})"),
+            };
             if metric_value(&text, series) == Some(want) {
                 return text;
             }
@@ -464,6 +486,21 @@ pub fn http_get_once(addr: SocketAddr, target: &str) -> (u16, String) {
     )
 }
 
+/// `http_once` that reports a refused or cut connection instead of panicking.
+pub fn try_http_once(addr: SocketAddr, request: &str) -> Result<(u16, String), String> {
+    let mut s = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(DEADLINE))
+        .map_err(|e| e.to_string())?;
+    s.write_all(request.as_bytes())
+        .map_err(|e| format!("send: {e}"))?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).map_err(|e| format!("read: {e}"))?;
+    if raw.is_empty() {
+        return Err("closed without an answer".into());
+    }
+    Ok(http_once_answer(raw))
+}
+
 /// Sends `request` on a fresh connection and reads the answer to EOF: (status, body).
 pub fn http_once(addr: SocketAddr, request: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).expect("connect");
@@ -471,6 +508,11 @@ pub fn http_once(addr: SocketAddr, request: &str) -> (u16, String) {
     s.write_all(request.as_bytes()).expect("send");
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).expect("read to EOF");
+    http_once_answer(raw)
+}
+
+/// (status, body) of a whole answer read to EOF.
+fn http_once_answer(raw: Vec<u8>) -> (u16, String) {
     let text = String::from_utf8(raw).expect("utf-8 answer");
     let (head, body) = text
         .split_once("\r\n\r\n")
@@ -757,6 +799,56 @@ fn parse_head(buf: &[u8]) -> Option<(Response, usize, BodyLen)> {
     Some((resp, n, len))
 }
 
+/// One Server-Sent Events block, read as EventSource reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SseEvent {
+    pub id: Option<String>,
+    /// `event:`, `message` when absent.
+    pub event: String,
+    /// The `data:` lines joined with LF; `None` for a block without data (a comment, `retry:`).
+    pub data: Option<String>,
+    pub retry: Option<u64>,
+    /// The block's comment lines (`: ...`), without the colon.
+    pub comments: Vec<String>,
+}
+
+impl SseEvent {
+    fn parse(block: &str) -> SseEvent {
+        let mut e = SseEvent {
+            id: None,
+            event: "message".into(),
+            data: None,
+            retry: None,
+            comments: Vec::new(),
+        };
+        for line in block.split('\n').filter(|l| !l.is_empty()) {
+            let (field, value) = line.split_once(':').unwrap_or((line, ""));
+            let value = value.strip_prefix(' ').unwrap_or(value);
+            match field {
+                "" => e.comments.push(value.to_string()),
+                "id" => e.id = Some(value.to_string()),
+                "event" => e.event = value.to_string(),
+                "retry" => e.retry = Some(value.parse().expect("retry is a number")),
+                "data" => match &mut e.data {
+                    Some(d) => {
+                        d.push('\n');
+                        d.push_str(value);
+                    }
+                    None => e.data = Some(value.to_string()),
+                },
+                other => panic!("unknown field {other:?} in {block:?}"),
+            }
+        }
+        e
+    }
+
+    /// The data as JSON.
+    pub fn json(&self) -> Value {
+        let d = self.data.as_deref().expect("an event with data");
+        serde_json::from_str(d).unwrap_or_else(|e| panic!("data {d:?} is not JSON: {e}"))
+    }
+}
+
 /// A raw HTTP/1.1 client connection.
 pub struct HttpConn {
     pub stream: TcpStream,
@@ -850,6 +942,79 @@ impl HttpConn {
                 ));
             }
             self.fill_once();
+        }
+    }
+
+    /// Opens a Server-Sent Events stream: `GET TARGET` with `Accept: text/event-stream` and
+    /// `headers`; returns the answer's head (an error answer comes whole, body included).
+    pub fn open_events(&mut self, target: &str, headers: &[(&str, &str)]) -> Response {
+        let mut all = vec![("Accept", "text/event-stream")];
+        all.extend_from_slice(headers);
+        self.send(get_with(target, &all));
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some((resp, head_len, len)) = parse_head(&self.buf) {
+                if let BodyLen::Exact(_) = len {
+                    return self.read_response();
+                }
+                self.buf.drain(..head_len);
+                return resp;
+            }
+            assert!(!self.eof, "closed before the stream's head");
+            assert!(
+                Instant::now() < deadline,
+                "no stream head within {DEADLINE:?}"
+            );
+            self.fill_once();
+        }
+    }
+
+    /// The next event of an open stream (a block ended by a blank line), waiting at most
+    /// `within`; `Ok(None)` when the server closed the stream.
+    pub fn next_event(&mut self, within: Duration) -> Result<Option<SseEvent>, String> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(end) = self.buf.windows(2).position(|w| w == b"\n\n") {
+                let block: Vec<u8> = self.buf.drain(..end + 2).collect();
+                let text = String::from_utf8(block).expect("events are UTF-8");
+                return Ok(Some(SseEvent::parse(&text)));
+            }
+            if self.eof {
+                assert!(
+                    self.buf.is_empty(),
+                    "stream closed inside an event: {:?}",
+                    String::from_utf8_lossy(&self.buf)
+                );
+                return Ok(None);
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("no event within {within:?}"));
+            }
+            self.fill_once();
+        }
+    }
+
+    /// The next event that is not a comment or a `retry:` line, within [`DEADLINE`].
+    pub fn next_data_event(&mut self) -> SseEvent {
+        loop {
+            match self.next_event(DEADLINE) {
+                Ok(Some(e)) if e.data.is_some() => return e,
+                Ok(Some(_)) => {}
+                Ok(None) => panic!("the stream ended before an event"),
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+
+    /// Waits (bounded) for the server to end the stream; returns the events that came first.
+    pub fn events_until_close(&mut self) -> Vec<SseEvent> {
+        let mut out = Vec::new();
+        loop {
+            match self.next_event(DEADLINE) {
+                Ok(Some(e)) => out.push(e),
+                Ok(None) => return out,
+                Err(e) => panic!("{e}"),
+            }
         }
     }
 
@@ -1206,6 +1371,19 @@ impl Publisher {
         let v = self.request(r#"{"op":"stats"}"#);
         assert_eq!(v["ok"], Value::Bool(true), "stats answer: {v}");
         v
+    }
+
+    /// Registers session `sid` on `channels` for `ttl` seconds; returns the answer line.
+    pub fn session(&mut self, sid: &str, channels: &[&str], ttl: u64) -> Value {
+        let line =
+            serde_json::json!({"op": "session", "sid": sid, "channels": channels, "ttl": ttl});
+        self.request(&line.to_string())
+    }
+
+    /// Ends session `sid`; returns the answer line.
+    pub fn end_session(&mut self, sid: &str) -> Value {
+        let line = serde_json::json!({"op": "end_session", "sid": sid});
+        self.request(&line.to_string())
     }
 
     /// Waits (bounded by [`DEADLINE`]) until the stats field `key` equals `want`, sampling over
