@@ -13,6 +13,7 @@ use serde_json::value::RawValue;
 
 use crate::client;
 use crate::config::{Config, Cors, DEFAULT_PUBLISH_SOCKET, MAX_CORS_ORIGINS, MAX_TIMEOUT_SECS};
+use crate::fleet::{FleetOptions, RedisUrl};
 use crate::query::valid_channel;
 use crate::reactor::MAX_LISTENERS;
 
@@ -109,6 +110,19 @@ const SERVE_USAGE: Usage = Usage {
         (
             "--state-file PATH",
             "drain writes the store here; start continues it (same epoch) [none]",
+        ),
+        (
+            "--redis URL",
+            "fleet mode: one log in Redis, redis://[user:pass@]host:port[/db] or redis+unix:///path [none]",
+        ),
+        ("--redis-prefix P", "prefix of every Redis key of this fleet [pnsd]"),
+        (
+            "--redis-maxlen N",
+            "entries the Redis log keeps, approximately (XADD MAXLEN ~) [1000000]",
+        ),
+        (
+            "--dedup-window SECS",
+            "how long a publish line's \"key\" is remembered against retries [600]",
         ),
         (
             "--metrics-listen ADDR",
@@ -280,12 +294,58 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Cmd, String> {
     }
 }
 
+/// The fleet options as given, applied once the loop has seen `--redis`.
+#[derive(Default)]
+struct FleetArgs {
+    url: Option<String>,
+    prefix: Option<String>,
+    maxlen: Option<u64>,
+    dedup_window_s: Option<u64>,
+}
+
+impl FleetArgs {
+    /// The fleet options, or `None` without `--redis`; companions without it are an error.
+    fn build(self) -> Result<Option<FleetOptions>, String> {
+        let Some(url) = self.url else {
+            if self.prefix.is_some() || self.maxlen.is_some() || self.dedup_window_s.is_some() {
+                return Err(
+                    "--redis-prefix, --redis-maxlen and --dedup-window need --redis URL".into(),
+                );
+            }
+            return Ok(None);
+        };
+        let mut f = FleetOptions::new(RedisUrl::parse(&url)?);
+        if let Some(p) = self.prefix {
+            f.prefix = p;
+        }
+        if let Some(n) = self.maxlen {
+            f.maxlen = n;
+        }
+        if let Some(w) = self.dedup_window_s {
+            f.dedup_window_s = w;
+        }
+        f.check()?;
+        Ok(Some(f))
+    }
+}
+
 fn parse_serve(p: &mut lexopt::Parser) -> Result<Cmd, String> {
     let mut c = Config::default();
     let mut listen: Vec<SocketAddr> = Vec::new();
+    let mut fleet = FleetArgs::default();
     while let Some(arg) = p.next().map_err(err)? {
         match arg {
             Long("help") | Short('h') => return Ok(Cmd::Help(SERVE_USAGE.text())),
+            Long("redis") => fleet.url = Some(text("--redis", p.value().map_err(err)?)?),
+            Long("redis-prefix") => {
+                fleet.prefix = Some(text("--redis-prefix", p.value().map_err(err)?)?)
+            }
+            Long("redis-maxlen") => {
+                fleet.maxlen = Some(num("--redis-maxlen", p.value().map_err(err)?)?)
+            }
+            Long("dedup-window") => {
+                fleet.dedup_window_s = Some(num("--dedup-window", p.value().map_err(err)?)?)
+            }
             Long("listen") => listen.push(addr("--listen", p.value().map_err(err)?)?),
             Long("metrics-listen") => {
                 c.metrics_listen = Some(addr("--metrics-listen", p.value().map_err(err)?)?)
@@ -390,6 +450,7 @@ fn parse_serve(p: &mut lexopt::Parser) -> Result<Cmd, String> {
     if !listen.is_empty() {
         c.listen = listen;
     }
+    c.fleet = fleet.build()?.map(Box::new);
     if c.listen.len() > MAX_LISTENERS {
         return Err(format!("at most {MAX_LISTENERS} --listen addresses"));
     }
@@ -656,6 +717,32 @@ mod tests {
         ] {
             let e = parse_str(bad).expect_err(bad);
             assert!(e.contains("--metrics-listen"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn fleet_options() {
+        assert!(serve("").fleet.is_none());
+        let c =
+            serve("--redis redis://u:pw@h:7/2 --redis-prefix p1 --redis-maxlen 9 --dedup-window 5");
+        let f = c.fleet.expect("fleet options");
+        assert_eq!(
+            (f.prefix.as_str(), f.maxlen, f.dedup_window_s),
+            ("p1", 9, 5)
+        );
+        assert_eq!(f.url.display(), "redis://u:***@h:7/2");
+        let f = serve("--redis redis+unix:///run/r.sock")
+            .fleet
+            .expect("fleet");
+        assert_eq!(f.maxlen, crate::fleet::DEFAULT_MAXLEN);
+        assert_eq!(f.dedup_window_s, crate::fleet::DEFAULT_DEDUP_WINDOW_S);
+        for bad in [
+            "--redis-maxlen 5",
+            "--redis ftp://h",
+            "--redis redis://h:1 --redis-maxlen 0",
+            "--redis redis://h:1 --dedup-window x",
+        ] {
+            assert!(parse_str(bad).is_err(), "{bad}");
         }
     }
 

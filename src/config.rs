@@ -6,6 +6,8 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use crate::fleet::FleetOptions;
+
 /// Defaults of the contract (PROTOCOL.md section 1).
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_PUBLISH_SOCKET: &str = "./pnsd.sock";
@@ -79,6 +81,8 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     /// `--access-log`: the access log's file, `-` for stderr (off when `None`).
     pub access_log: Option<PathBuf>,
+    /// `--redis` and its companions: fleet mode (`None`: the embedded local store).
+    pub fleet: Option<Box<FleetOptions>>,
 }
 
 impl Default for Config {
@@ -109,6 +113,17 @@ impl Default for Config {
             state_file: None,
             metrics_listen: None,
             access_log: None,
+            fleet: None,
+        }
+    }
+}
+
+impl Config {
+    /// `local` or the Redis URL with its password masked: the `store` of the stats line.
+    pub fn store_name(&self) -> &str {
+        match &self.fleet {
+            Some(f) => f.url.display(),
+            None => "local",
         }
     }
 }

@@ -18,7 +18,8 @@ use std::time::Instant;
 
 use crate::access_log::AccessLog;
 use crate::config::Config;
-use crate::metrics::{FleetLink, ReactorTally};
+use crate::fleet::FeedState;
+use crate::metrics::ReactorTally;
 use crate::session::Sessions;
 use crate::state::ConnImage;
 use crate::stats::WaitingReply;
@@ -138,6 +139,9 @@ pub enum Command {
     Freeze(mpsc::Sender<ReactorImage>),
     /// Serve again after `Freeze`.
     Thaw,
+    /// Fleet mode: the store took a new epoch (`new_epoch`) or lost entries to a gap: answer
+    /// `reset:true`, from the store as it now is, every parked poll whose cursor that voided.
+    Reset { new_epoch: bool },
 }
 
 /// One reactor's part of the upgrade image: its listeners' and connections' descriptors and
@@ -187,8 +191,9 @@ pub struct Hub {
     pub draining: AtomicBool,
     /// Processes this server's state has lived in (see `state`): 1 for a fresh store.
     pub generation: u64,
-    /// The fleet link's figures for `/metrics`, registered once by fleet mode's start-up.
-    pub fleet: OnceLock<Arc<dyn FleetLink>>,
+    /// Fleet mode: the feed's state (link, position, lag), set once at start; health, stats
+    /// and `/metrics` (through `metrics::FleetLink`) read it. Unset in local mode.
+    pub fleet: OnceLock<Arc<FeedState>>,
     /// `--access-log`, opened at start; each reactor writes through its own descriptor.
     pub access_log: Option<AccessLog>,
     /// The registered sessions (`--max-sessions`).
@@ -240,6 +245,11 @@ impl Hub {
 
     pub fn write(&self) -> RwLockWriteGuard<'_, Store> {
         self.store.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Fleet mode's feed state, `None` in local mode.
+    pub fn feed(&self) -> Option<&FeedState> {
+        self.fleet.get().map(|f| &**f)
     }
 
     pub fn is_draining(&self) -> bool {

@@ -1,6 +1,7 @@
-//! Ingest: the one way into the store. Every publish source (the Unix socket thread today; a
-//! Redis feed and an upgrade hand-over later) appends through an `Ingest`, which writes the
-//! store and wakes the reactors whose polls wait on the channels written.
+//! Ingest: the one way into the store. Every publish source (the Unix socket thread in local
+//! mode; the Redis feed in fleet mode, through `fleet_sink`; an upgrade hand-over later)
+//! appends through an `Ingest`, which writes the store and wakes the reactors whose polls wait
+//! on the channels written.
 //!
 //! Invariants:
 //! - The store is written only here (appends through `Batch::publish`, the TTL sweep through
@@ -16,6 +17,10 @@
 //!   ends or its `Batch` is finished or dropped, after the lock is released.
 //! - A message's clock time is read under the write lock, so expiry times never decrease along
 //!   the seq order even with several sources (the store's expiry relies on it).
+//! - Fleet mode: a new epoch (`take_epoch`) or a gap (`lose_upto`) is followed by
+//!   `Command::Reset` to every reactor after the lock is released, so every parked poll whose
+//!   cursor that voided is answered `reset:true` from the store as it now is; nothing waits on
+//!   a cursor that means nothing any more.
 //! - After every write, still under the lock, the store's O(1) figures are mirrored into
 //!   `hub.counters.store` (three relaxed stores), so `/metrics` never takes the lock.
 //! - A `Command::Published` carries the instant its slice's first message was accepted: the
@@ -30,7 +35,7 @@ use std::time::{Duration, Instant};
 use crate::cursor;
 use crate::hub::{Command, Hub, ReactorLink};
 use crate::session::SessionError;
-use crate::store::{Message, Store};
+use crate::store::{Message, PublishRefused, Store};
 
 /// Appends per lock hold and per wake-up of the reactors: a burst of small publishes is
 /// batched (one lock, one command per reactor) while a poll waits at most this many appends.
@@ -46,6 +51,9 @@ pub struct Publish {
     pub channels: Box<[Box<str>]>,
     pub kind: Option<i64>,
     pub data: Box<str>,
+    /// The line's idempotency `key` (1-128 bytes): fleet mode appends a repeat within
+    /// `--dedup-window` once; the local store, whose acks are never in doubt, ignores it.
+    pub key: Option<Box<str>>,
 }
 
 /// A publish the store accepted: its place in the global order.
@@ -107,6 +115,29 @@ impl Ingest {
     /// Appends one message on its own (a batch of one).
     pub fn publish(&self, p: Publish) -> Result<Accepted, Refused> {
         self.batch().publish(p)
+    }
+
+    /// Fleet mode: the fleet's epoch is `epoch`, the log read after `start_seq`; every
+    /// parked poll is answered `reset:true`.
+    pub fn take_epoch(&self, epoch: u64, start_seq: u64) {
+        let mut store = self.hub.write();
+        store.take_epoch(epoch, start_seq);
+        mirror(&self.hub, &store);
+        drop(store);
+        self.tell_reset(true);
+    }
+
+    /// Fleet mode: entries up to `seq` were lost to this node; every parked poll with a
+    /// cursor below it is answered `reset:true`.
+    pub fn lose_upto(&self, seq: u64) {
+        self.hub.write().lose_upto(seq);
+        self.tell_reset(false);
+    }
+
+    fn tell_reset(&self, new_epoch: bool) {
+        for r in self.reactors.iter() {
+            r.send(Command::Reset { new_epoch });
+        }
     }
 
     /// Drops at most `max` expired messages and the channels left empty, in one hold of the
@@ -177,6 +208,24 @@ pub struct Batch<'a> {
 impl Batch<'_> {
     /// Appends one message; returns once it is in its channel buffers (ack it then).
     pub fn publish(&mut self, p: Publish) -> Result<Accepted, Refused> {
+        self.append_with(|store, now| store.publish(p.channels, p.kind, &p.data, now))
+    }
+
+    /// Fleet mode: appends the log's entry `seq`, `age_ms` old by the fleet's clock (it
+    /// expires `--message-ttl` after it was appended to the log, as on every node).
+    pub fn append_at(&mut self, seq: u64, p: Publish, age_ms: u64) -> Result<Accepted, Refused> {
+        self.append_with(|store, now| {
+            let ttl = store.ttl_ms();
+            let expires = now.saturating_add(ttl - age_ms.min(ttl));
+            store.append_at(seq, p.channels, p.kind, &p.data, now, expires)
+        })
+    }
+
+    /// One append under the write lock (taken if not held), counted in the slice.
+    fn append_with(
+        &mut self,
+        f: impl FnOnce(&mut Store, u64) -> Result<Arc<Message>, PublishRefused>,
+    ) -> Result<Accepted, Refused> {
         let ingest = self.ingest;
         let store = match &mut self.store {
             Some(s) => s,
@@ -186,14 +235,16 @@ impl Batch<'_> {
             }
         };
         let now = ingest.hub.clock.now_ms();
-        let result = append(store, p, now).map(|msg| {
-            let accepted = Accepted {
-                epoch: store.epoch(),
-                seq: msg.seq,
-            };
-            self.pending.push(msg);
-            accepted
-        });
+        let result = f(store, now)
+            .map_err(|e| Refused(e.to_string()))
+            .map(|msg| {
+                let accepted = Accepted {
+                    epoch: store.epoch(),
+                    seq: msg.seq,
+                };
+                self.pending.push(msg);
+                accepted
+            });
         mirror(&ingest.hub, store);
         if result.is_ok() && self.first_accepted.is_none() {
             self.first_accepted = Some(Instant::now());
@@ -247,13 +298,6 @@ impl Drop for Batch<'_> {
     }
 }
 
-/// The store's append; a refusal (`--max-channels`) becomes the error line's text.
-fn append(store: &mut Store, p: Publish, now_ms: u64) -> Result<Arc<Message>, Refused> {
-    store
-        .publish(p.channels, p.kind, &p.data, now_ms)
-        .map_err(|e| Refused(e.to_string()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -269,6 +313,7 @@ mod tests {
             channels: channels.iter().map(|c| Box::from(*c)).collect(),
             kind: None,
             data: data.into(),
+            key: None,
         }
     }
 

@@ -34,6 +34,8 @@
 //!   and listener), read from atomics only; `access_log`: one line per answered request,
 //!   buffered per reactor;
 //! - `fleet`: fleet mode's Redis side (the log, the epoch, the publisher client, the feed thread);
+//!   `fleet_sink`: the feed's writer of the store (through `ingest`); `fleet_publish`: the
+//!   publish thread's route to Redis (ack after the store holds the entry);
 //! - `backoff`: accept back-off on EMFILE; `hub`: what the threads share (store, counters,
 //!   per-reactor gauges, clock); `pool`: read buffers; `cli`, `client`, `config`.
 
@@ -46,6 +48,8 @@ pub mod config;
 pub mod conn;
 pub mod cursor;
 pub mod fleet;
+pub mod fleet_publish;
+pub mod fleet_sink;
 pub mod http;
 pub mod hub;
 pub mod ingest;

@@ -321,11 +321,29 @@ fn publish_fields(fields: &Fields) -> Result<Publish, String> {
         None => None,
         Some(t) => Some(parse_type(t).ok_or("type must be an integer")?),
     };
+    let key = match fields.get("key") {
+        None => None,
+        Some(k) => Some(idempotency_key(k)?),
+    };
     Ok(Publish {
         channels,
         kind,
         data: data.into(),
+        key,
     })
+}
+
+/// Longest idempotency key, in bytes: room for a UUID or a hash with a prefix, and a bound on
+/// what Redis remembers per key.
+pub const MAX_KEY: usize = 128;
+
+/// The `key` field: a string of 1-`MAX_KEY` bytes (any text; Redis keys are binary-safe).
+fn idempotency_key(raw: &str) -> Result<Box<str>, String> {
+    let k = serde_json::from_str::<String>(raw).map_err(|_| "key must be a string".to_string())?;
+    if k.is_empty() || k.len() > MAX_KEY {
+        return Err(format!("key must be 1-{MAX_KEY} bytes"));
+    }
+    Ok(k.into())
 }
 
 /// `names` with repeats removed, the first of each kept in place; linear in the count.
@@ -494,6 +512,18 @@ mod tests {
             publish(r#"{"x":{"channel":"nested"},"channel":"top","data":1}"#).0,
             vec!["top".to_string()]
         );
+    }
+
+    #[test]
+    fn an_idempotency_key_is_a_short_string() {
+        match parse_line(br#"{"channel":"a","data":1,"key":"order-7"}"#) {
+            Ok(Request::Publish(p)) => assert_eq!(p.key.as_deref(), Some("order-7")),
+            other => panic!("{other:?}"),
+        }
+        let long = format!(r#"{{"channel":"a","data":1,"key":"{}"}}"#, "k".repeat(129));
+        assert!(error(long.as_bytes()).contains("1-128 bytes"));
+        assert!(error(br#"{"channel":"a","data":1,"key":""}"#).contains("1-128 bytes"));
+        assert!(error(br#"{"channel":"a","data":1,"key":7}"#).contains("key must be a string"));
     }
 
     #[test]

@@ -135,6 +135,10 @@ enum Why<'a> {
     SessionEnded,
     /// A stream's output drained: whatever the store holds after its cursor, if anything.
     CatchUp,
+    /// Fleet mode: the store took a new epoch (`new_epoch`: the cursor means nothing now, read
+    /// from the start: answer `reset:true`) or lost entries to a gap (answer `reset:true` the
+    /// subscribers whose cursor is below it).
+    Reset { new_epoch: bool },
 }
 
 /// What a built answer says besides its bytes.
@@ -165,19 +169,17 @@ pub struct Parked {
     shared: Shared,
     /// Scratch list of the subscribers woken by one channel.
     keys: Vec<u32>,
-    epoch: u64,
     /// This reactor's index in `hub.gauges`.
     gauge: usize,
 }
 
 impl Parked {
     /// An index with room for `capacity` single-channel polls, for reactor `gauge`.
-    pub fn new(capacity: usize, epoch: u64, gauge: usize) -> Parked {
+    pub fn new(capacity: usize, gauge: usize) -> Parked {
         Parked {
             waiters: Waiters::with_capacity(capacity),
             shared: HashMap::new(),
             keys: Vec::new(),
-            epoch,
             gauge,
         }
     }
@@ -300,6 +302,19 @@ impl Parked {
         self.waiters.waiting_on(&session::wait_name(sid), &mut keys);
         self.answer_all(&keys, Why::SessionEnded, subs, cx, steps);
         self.keys = keys;
+    }
+
+    /// Fleet mode: answers `reset:true` those of `keys` (the parked subscribers) whose cursor
+    /// the new epoch or the gap voided.
+    pub fn on_reset<C: Subscriber>(
+        &mut self,
+        keys: &[u32],
+        new_epoch: bool,
+        subs: &mut Slab<C>,
+        cx: &mut Ctx<'_>,
+        steps: &mut Vec<(u32, Step)>,
+    ) {
+        self.answer_all(keys, Why::Reset { new_epoch }, subs, cx, steps);
     }
 
     /// Answers each of `keys` for `why`, sharing encodings between them.
@@ -427,15 +442,29 @@ impl Parked {
         why: Why<'_>,
         cx: &Ctx<'_>,
     ) -> Option<(Answer, Built)> {
+        // The epoch is the store's: in fleet mode it changes at run time (`Why::Reset`).
+        let store = cx.hub.read();
+        let epoch = store.epoch();
         if matches!(why, Why::Drain) {
             let built = Built {
                 end: after,
                 ..Built::default()
             };
-            return Some((poll::empty_answer(self.epoch, after, close, cors), built));
+            return Some((poll::empty_answer(epoch, after, close, cors), built));
         }
-        let found = cx.hub.read().read(channels, after, cx.now, MAX_PER_ANSWER);
-        let only_news = matches!(why, Why::Published { .. } | Why::CatchUp) || kind == Kind::Events;
+        // A new epoch voids every cursor; after a gap the store's read tells which cursors
+        // are below it (a poll waiting ahead of this node is not).
+        let (after, void) = match why {
+            Why::Reset { new_epoch: true } => (0, true),
+            _ => (after, false),
+        };
+        let mut found = store.read(channels, after, cx.now, MAX_PER_ANSWER);
+        drop(store);
+        found.reset |= void;
+        let only_news = matches!(
+            why,
+            Why::Published { .. } | Why::CatchUp | Why::Reset { new_epoch: false }
+        ) || kind == Kind::Events;
         if found.messages.is_empty() && !found.reset && only_news {
             return None;
         }
@@ -445,8 +474,8 @@ impl Parked {
             full: found.messages.len() == MAX_PER_ANSWER,
         };
         let answer = match kind {
-            Kind::Poll => answer::encode(&found, channels, self.epoch, close, cors),
-            Kind::Events => sse::encode(&found, channels, self.epoch, Vec::new()),
+            Kind::Poll => answer::encode(&found, channels, epoch, close, cors),
+            Kind::Events => sse::encode(&found, channels, epoch, Vec::new()),
         };
         Some((answer, built))
     }
@@ -540,7 +569,7 @@ mod tests {
         fn new() -> World {
             let hub = Hub::new(Config::default(), 100, None, 9);
             World {
-                parked: Parked::new(16, 9, 0),
+                parked: Parked::new(16, 0),
                 hub,
                 pool: BufferPool::new(16, 1),
                 subs: Slab::new(),

@@ -245,17 +245,23 @@ pub fn handle(head: &RequestHead, hub: &Hub, now_ms: u64) -> Outcome {
             };
         }
         (HEALTH_PATH, Method::Get | Method::Head) => {
+            // Fleet mode: 503 while the link to Redis is down, so a load balancer steers new
+            // clients to nodes that follow the log.
+            let (status, body): (u16, &[u8]) = match hub.feed() {
+                Some(f) if !f.connected() => (503, b"{\"ok\":false,\"redis\":\"down\"}"),
+                _ => (200, b"{\"ok\":true}"),
+            };
             let mut bytes = Vec::with_capacity(128);
             response::write(
                 &mut bytes,
-                200,
+                status,
                 &Extra {
                     close,
                     cors,
                     no_body: head.method == Method::Head,
                     ..Extra::default()
                 },
-                b"{\"ok\":true}",
+                body,
             );
             return Outcome::Respond {
                 bytes: Answer::Flat(bytes),
@@ -314,7 +320,11 @@ pub fn handle(head: &RequestHead, hub: &Hub, now_ms: u64) -> Outcome {
         Some(t) => match cursor::decode(t) {
             None => return err(response::BAD_CURSOR, cors),
             Some(c) if c.epoch != epoch => (0, true),
-            Some(c) if c.seq > store.last_seq() => return err(response::BAD_CURSOR, cors),
+            // Fleet mode: a cursor from a node further along the log waits here until this
+            // node has read that far (the answer never moves it back).
+            Some(c) if c.seq > store.last_seq() && hub.feed().is_none() => {
+                return err(response::BAD_CURSOR, cors)
+            }
             Some(c) => (c.seq, false),
         },
     };

@@ -6,7 +6,9 @@
 //! - Answers go out in line order per connection; every line gets exactly one answer, except
 //!   an unterminated last line at hang-up, which is discarded, never published.
 //! - A publish is acknowledged only after `ingest` returned, i.e. after the message is in its
-//!   channel buffers: a poll that arrives after the ack sees it.
+//!   channel buffers: a poll that arrives after the ack sees it. In fleet mode (`fleet`) the
+//!   lines go to Redis instead, a connection's consecutive publish lines as one pipelined run,
+//!   and are acked once the feed put them in this node's store (`fleet_publish`).
 //! - A stats request never holds up another connection: while its reactors' replies are
 //!   awaited, its own connection is neither read nor answered further (line order), and every
 //!   other connection is served.
@@ -31,6 +33,7 @@ use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
 use crate::backoff::{self, AcceptBackoff};
+use crate::fleet_publish::FleetRoute;
 use crate::ingest::{Batch, Ingest};
 use crate::line::{self, Frame, Framer, Request};
 use crate::stats::{PendingStats, STATS_WAIT};
@@ -104,6 +107,8 @@ pub struct Publisher {
     scratch: Box<[u8]>,
     next_sweep: u64,
     accept_backoff: AcceptBackoff,
+    /// Fleet mode: publish lines go to Redis, not to `ingest`.
+    fleet: Option<FleetRoute>,
 }
 
 /// How the main thread reaches the publish thread: a drain request, the upgrade's freeze and
@@ -143,6 +148,7 @@ impl Publisher {
                 scratch: vec![0; READ_CHUNK].into_boxed_slice(),
                 next_sweep,
                 accept_backoff: AcceptBackoff::default(),
+                fleet: None,
             },
             PublisherLink {
                 drain: tx,
@@ -150,6 +156,11 @@ impl Publisher {
                 waker,
             },
         ))
+    }
+
+    /// Fleet mode: publish lines go to Redis through `route` from now on.
+    pub fn route_to_fleet(&mut self, route: FleetRoute) {
+        self.fleet = Some(route);
     }
 
     /// Runs until drained.
@@ -363,12 +374,22 @@ impl Publisher {
         let mut errors = 0;
         let mut id = String::with_capacity(crate::cursor::MAX_LEN);
         while let Some(frame) = c.framer.next(&c.input, &mut start) {
-            let Frame::Line(text) = frame else {
-                errors += 1;
-                line::error_line(&mut c.out, &line::too_long_error());
-                continue;
+            let parsed = match frame {
+                Frame::Line(text) => line::parse_line(text),
+                Frame::TooLong => Err(line::too_long_error()),
             };
-            match line::parse_line(text) {
+            // Fleet mode: a run of publish lines goes to Redis as one pipeline; any other line
+            // sends the run first, so answers keep line order.
+            if let Some(route) = &mut self.fleet {
+                match parsed {
+                    Ok(Request::Publish(p)) => {
+                        route.push(p);
+                        continue;
+                    }
+                    _ => errors += route.flush(&mut c.out),
+                }
+            }
+            match parsed {
                 Ok(Request::Publish(p)) => match batch.publish(p) {
                     Ok(accepted) => {
                         id.clear();
@@ -420,6 +441,9 @@ impl Publisher {
                     line::error_line(&mut c.out, &e)
                 }
             }
+        }
+        if let Some(route) = &mut self.fleet {
+            errors += route.flush(&mut c.out);
         }
         if errors > 0 {
             let counters = &self.ingest.hub().counters;

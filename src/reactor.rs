@@ -150,7 +150,6 @@ impl Reactor {
             .next_power_of_two()
             .clamp(1024, 1 << 16);
         let now = clock.now_ms();
-        let epoch = hub.read().epoch();
         // Capacities fixed at start: the slab's virtual size is the connection limit; pages are
         // touched only as connections arrive.
         let capacity = hub.max_connections.min(1 << 20);
@@ -164,7 +163,7 @@ impl Reactor {
             listeners,
             conns: Slab::with_capacity(capacity),
             wheel: HoldWheel::new(slots, tick_up(now)),
-            parked: Parked::new(capacity, epoch, index),
+            parked: Parked::new(capacity, index),
             pool: BufferPool::new(MAX_HEAD, POOL_KEEP),
             hub,
             clock,
@@ -474,9 +473,26 @@ impl Reactor {
                 self.steps = steps;
             }
             Command::Drain => self.drain(),
+            Command::Reset { new_epoch } => self.reset_parked(new_epoch),
             Command::Freeze(reply) => self.freeze(reply),
             Command::Thaw => {}
         }
+    }
+
+    /// Fleet mode: a new epoch or a gap (see `Command::Reset`): every parked poll is looked at.
+    fn reset_parked(&mut self, new_epoch: bool) {
+        let keys: Vec<u32> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.is_parked())
+            .map(|(k, _)| k as u32)
+            .collect();
+        let mut steps = std::mem::take(&mut self.steps);
+        let (mut cx, conns) = (cx!(self), &mut self.conns);
+        self.parked
+            .on_reset(&keys, new_epoch, conns, &mut cx, &mut steps);
+        self.apply_all(&mut steps);
+        self.steps = steps;
     }
 
     /// Wakes the polls parked on `channels`; if any was answered, observes the fan-out time

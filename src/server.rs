@@ -36,6 +36,9 @@ use socket2::{Domain, Socket, Type};
 use crate::access_log::AccessLog;
 use crate::config::{Config, FD_RESERVE};
 use crate::cursor;
+use crate::fleet::{self, FeedState};
+use crate::fleet_publish::FleetRoute;
+use crate::fleet_sink::StoreSink;
 use crate::hub::{Command, Hub, ReactorLink};
 use crate::ingest::Ingest;
 use crate::metrics::MetricsServer;
@@ -381,6 +384,35 @@ pub fn default_max_connections(nofile: u64) -> usize {
     nofile.saturating_sub(FD_RESERVE.min(nofile / 4)).max(1) as usize
 }
 
+/// Longest start-up wait for the feed to read the fleet's epoch and the log up to its head:
+/// a backfill of the default million entries takes a few seconds; past this the node serves
+/// what it holds (and resets cursors once the epoch arrives) rather than never starting.
+const FLEET_START_WAIT: Duration = Duration::from_secs(30);
+/// How often start-up looks at the feed's progress.
+const FLEET_START_POLL: Duration = Duration::from_millis(5);
+
+/// Waits (bounded) until the feed took the fleet's epoch and read the log to its head, so the
+/// first poll on this node already sees what every other node does.
+fn wait_for_the_log(state: &FeedState) {
+    let started = Instant::now();
+    loop {
+        let s = state.stats();
+        if s.epoch != 0 && s.lag == 0 {
+            info!("redis: the log is read up to seq {}", s.last_seq);
+            return;
+        }
+        if started.elapsed() >= FLEET_START_WAIT {
+            warn!(
+                "redis: the log is not read after {} s (link up: {}); serving what this node holds",
+                FLEET_START_WAIT.as_secs(),
+                s.connected
+            );
+            return;
+        }
+        std::thread::sleep(FLEET_START_POLL);
+    }
+}
+
 /// Runs the server until a signal's drain completes. Returns the exit status.
 pub fn serve(config: Config) -> Result<(), StartError> {
     // First, while this is the only thread: both unset variables of the environment.
@@ -443,7 +475,18 @@ pub fn serve(config: Config) -> Result<(), StartError> {
         let store = Store::restore(image, buffer, ttl_ms, max_channels, now_ms, age)
             .map_err(|e| StartError::Runtime(format!("upgrade state refused: {e}")))?;
         hub.sessions.restore(i.state.sessions.clone(), now_ms, age);
-        hub = hub.restored(store, i.state.generation + 1);
+        if hub.config.fleet.is_some() {
+            // Fleet mode: the store is the log's, read again by this process's feed before
+            // anything is served (as at any node's start): same epoch, nothing missed.
+            hub.generation = i.state.generation + 1;
+        } else {
+            hub = hub.restored(store, i.state.generation + 1);
+        }
+    } else if let (Some(path), Some(_)) = (&state_file, &hub.config.fleet) {
+        warn!(
+            "--state-file {} is not read in fleet mode: the log in Redis is the state",
+            path.display()
+        );
     } else if let Some(path) = &state_file {
         let c = &hub.config;
         let now_ms = hub.clock.now_ms();
@@ -477,8 +520,22 @@ pub fn serve(config: Config) -> Result<(), StartError> {
     }
     let links = Arc::new(links);
     let ingest = Ingest::new(hub.clone(), links.clone());
-    let (mut publisher, publisher_link) = Publisher::new(publish_listener, ingest)
+    let (mut publisher, publisher_link) = Publisher::new(publish_listener, ingest.clone())
         .map_err(|e| StartError::Runtime(format!("cannot start the publish thread: {e}")))?;
+    // Fleet mode: the feed fills the store from the log before any poll is served.
+    let feed = match hub.config.fleet.as_deref().cloned() {
+        Some(opts) => {
+            let ttl_ms = hub.config.message_ttl_secs.saturating_mul(1000);
+            let sink = Arc::new(StoreSink::new(ingest));
+            let (state, handle) = fleet::spawn(opts.clone(), ttl_ms, sink)
+                .map_err(|e| StartError::Runtime(format!("cannot start the feed thread: {e}")))?;
+            let _ = hub.fleet.set(state.clone());
+            publisher.route_to_fleet(FleetRoute::new(opts, state.clone()));
+            wait_for_the_log(&state);
+            Some((state, handle))
+        }
+        None => None,
+    };
     if let Some(live) = inheritance.as_mut().and_then(|i| i.state.live.take()) {
         adopt(live, &mut reactors, &mut publisher, hub.generation)?;
     }
@@ -528,10 +585,11 @@ pub fn serve(config: Config) -> Result<(), StartError> {
 
     let urls: Vec<String> = addrs.iter().map(|a| format!("http://{a}")).collect();
     println!(
-        "pnsd listening on {} publish={} threads={}{metrics_word}",
+        "pnsd listening on {} publish={} threads={} store={}{metrics_word}",
         urls.join(" "),
         socket_path.display(),
-        threads
+        threads,
+        hub.config.store_name()
     );
     let _ = io::stdout().flush();
     if let Some(i) = inheritance {
@@ -571,13 +629,18 @@ pub fn serve(config: Config) -> Result<(), StartError> {
     if let Some(m) = &metrics_link {
         m.wake();
     }
+    if let Some((state, handle)) = feed {
+        // It ends within one XREAD block; the drain does not wait for Redis otherwise.
+        state.stop();
+        handles.push(handle);
+    }
     while started.elapsed() < EXIT_WAIT && handles.iter().any(|h| !h.is_finished()) {
         std::thread::sleep(Duration::from_millis(5));
     }
     if handles.iter().any(|h| !h.is_finished()) {
         warn!("drain did not finish in time; exiting anyway");
     }
-    if let Some(path) = &state_file {
+    if let (Some(path), None) = (&state_file, &hub.config.fleet) {
         state::save(&hub, path);
     }
     drop(socket_file);

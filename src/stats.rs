@@ -22,6 +22,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
+use crate::fleet::{FeedState, FeedStats};
 use crate::hub::{Command, Hub, ReactorLink};
 use crate::session;
 
@@ -30,7 +31,7 @@ use crate::session;
 pub const STATS_WAIT: Duration = Duration::from_secs(1);
 
 /// The figures of the stats line, in its field order.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Figures {
     pub connections: usize,
     pub parked: usize,
@@ -42,6 +43,10 @@ pub struct Figures {
     pub sessions: usize,
     /// Server-Sent Events streams (also counted in `parked`).
     pub streams: usize,
+    /// `local`, or the Redis URL (password masked) in fleet mode.
+    pub store: String,
+    /// Fleet mode: the feed's link and position (`redis_*` fields).
+    pub fleet: Option<FeedStats>,
     /// This process's id: it changes with each upgrade.
     pub pid: u32,
     /// Processes this state has lived in: 1 at a first start, +1 per upgrade or state-file
@@ -54,7 +59,7 @@ impl Figures {
     pub fn write_line(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(
             format!(
-                "{{\"ok\":true,\"connections\":{},\"parked\":{},\"channels\":{},\"messages\":{},\"published\":{},\"delivered\":{},\"sessions\":{},\"streams\":{},\"pid\":{},\"generation\":{}}}\n",
+                "{{\"ok\":true,\"connections\":{},\"parked\":{},\"channels\":{},\"messages\":{},\"published\":{},\"delivered\":{},\"sessions\":{},\"streams\":{},\"pid\":{},\"generation\":{},\"store\":",
                 self.connections,
                 self.parked,
                 self.channels,
@@ -68,6 +73,17 @@ impl Figures {
             )
             .as_bytes(),
         );
+        crate::response::json_string(out, &self.store);
+        if let Some(f) = &self.fleet {
+            out.extend_from_slice(
+                format!(
+                    ",\"redis_connected\":{},\"redis_last_seq\":{},\"redis_lag\":{},\"redis_reconnects\":{}",
+                    f.connected, f.last_seq, f.lag, f.reconnects
+                )
+                .as_bytes(),
+            );
+        }
+        out.extend_from_slice(b"}\n");
     }
 }
 
@@ -241,6 +257,8 @@ fn figures(hub: &Hub, counted: &Counted, waiting: &HashSet<Box<str>>) -> Figures
         messages: s.messages,
         published: s.published,
         delivered: counted.delivered,
+        store: hub.config.store_name().to_string(),
+        fleet: hub.feed().map(FeedState::stats),
         pid: std::process::id(),
         generation: hub.generation,
     }
@@ -285,14 +303,33 @@ mod tests {
             delivered: 6,
             sessions: 7,
             streams: 8,
+            store: "local".into(),
+            fleet: None,
             pid: 9,
             generation: 10,
         }
         .write_line(&mut out);
         assert_eq!(
             out,
-            b"{\"ok\":true,\"connections\":1,\"parked\":2,\"channels\":3,\"messages\":4,\"published\":5,\"delivered\":6,\"sessions\":7,\"streams\":8,\"pid\":9,\"generation\":10}\n"
+            b"{\"ok\":true,\"connections\":1,\"parked\":2,\"channels\":3,\"messages\":4,\"published\":5,\"delivered\":6,\"sessions\":7,\"streams\":8,\"pid\":9,\"generation\":10,\"store\":\"local\"}\n"
         );
+        let mut out = Vec::new();
+        let fleet = FeedStats {
+            connected: true,
+            epoch: 9,
+            last_seq: 7,
+            lag: 2,
+            reconnects: 1,
+        };
+        Figures {
+            store: "redis://h:1".into(),
+            fleet: Some(fleet),
+            ..Figures::default()
+        }
+        .write_line(&mut out);
+        assert!(out.ends_with(
+            b",\"store\":\"redis://h:1\",\"redis_connected\":true,\"redis_last_seq\":7,\"redis_lag\":2,\"redis_reconnects\":1}\n"
+        ));
     }
 
     #[test]
@@ -304,6 +341,7 @@ mod tests {
                 channels: vec![Box::from("held"), Box::from("both")].into(),
                 kind: None,
                 data: "1".into(),
+                key: None,
             })
             .expect("accepted");
         hub.gauges[0].parked.store(3, Ordering::Relaxed);

@@ -7,6 +7,14 @@
 //! Invariants:
 //! - `last_seq` is the sequence number of the newest accepted message; messages get
 //!   `last_seq + 1` in acceptance order: one global order per run. A refused publish uses no seq.
+//!   In fleet mode the seqs come from the fleet's log instead (`append_at`): increasing, with
+//!   holes only where the log held nothing for this node (a gap, below).
+//! - `lost_upto` is the highest seq this store may have missed on any channel (a gap in the
+//!   fleet's log, the start of an epoch's backfill, an entry the channel limit kept out): a
+//!   read whose cursor is below it is told `reset`, on every channel. Never a silent skip.
+//! - `take_epoch` voids everything held: the store starts over under the new epoch.
+//! - Expiry times never decrease along the seq order (`last_expires_ms` clamps an entry whose
+//!   fleet time would put it before the previous one).
 //! - Each `ChannelBuffer`'s ring is sorted by `seq` and holds at most `buffer` messages. A
 //!   message published to several channels is one `Arc<Message>` shared by their rings.
 //! - At most `max_channels` channels are held; a publish that would create more is refused as a
@@ -210,6 +218,8 @@ pub struct StoreStats {
 pub enum PublishRefused {
     /// Accepting it would hold more than `max` channels.
     TooManyChannels { max: usize },
+    /// Fleet mode: entry `seq` is not above the newest held.
+    OutOfOrder { seq: u64 },
 }
 
 impl fmt::Display for PublishRefused {
@@ -219,6 +229,9 @@ impl fmt::Display for PublishRefused {
                 f,
                 "channel limit reached: publishing would hold more than {max} channels (--max-channels)"
             ),
+            PublishRefused::OutOfOrder { seq } => {
+                write!(f, "log entry {seq} is not above the newest held")
+            }
         }
     }
 }
@@ -230,6 +243,8 @@ impl std::error::Error for PublishRefused {}
 pub struct Store {
     epoch: u64,
     last_seq: u64,
+    lost_upto: u64,
+    last_expires_ms: u64,
     buffer: usize,
     ttl_ms: u64,
     max_channels: usize,
@@ -253,6 +268,8 @@ impl Store {
         Store {
             epoch,
             last_seq: 0,
+            lost_upto: 0,
+            last_expires_ms: 0,
             buffer: buffer.max(1),
             ttl_ms,
             max_channels: max_channels.max(1),
@@ -272,6 +289,11 @@ impl Store {
 
     pub fn last_seq(&self) -> u64 {
         self.last_seq
+    }
+
+    /// `--message-ttl` in ms.
+    pub fn ttl_ms(&self) -> u64 {
+        self.ttl_ms
     }
 
     fn bucket(&self, name: &str) -> usize {
@@ -323,12 +345,70 @@ impl Store {
         data: &str,
         now_ms: u64,
     ) -> Result<Arc<Message>, PublishRefused> {
+        self.make_room(&channels, now_ms)?;
+        let seq = self.last_seq + 1;
+        Ok(self.insert(
+            seq,
+            channels,
+            kind,
+            data,
+            now_ms.saturating_add(self.ttl_ms),
+        ))
+    }
+
+    /// Fleet mode: appends the log's entry `seq` (above `last_seq`), expiring at `expires_ms`.
+    /// An entry the channel limit keeps out is not held: every cursor below it is reset
+    /// instead (`lost_upto`), so its loss is announced. Returns the message when held.
+    pub fn append_at(
+        &mut self,
+        seq: u64,
+        channels: Box<[Box<str>]>,
+        kind: Option<i64>,
+        data: &str,
+        now_ms: u64,
+        expires_ms: u64,
+    ) -> Result<Arc<Message>, PublishRefused> {
+        if seq <= self.last_seq {
+            // Not reached: the feed hands each seq once, increasing. Holding it twice would
+            // break the rings' order, so it is dropped.
+            return Err(PublishRefused::OutOfOrder { seq });
+        }
+        if let Err(e) = self.make_room(&channels, now_ms) {
+            self.lose_upto(seq);
+            return Err(e);
+        }
+        Ok(self.insert(seq, channels, kind, data, expires_ms))
+    }
+
+    /// Fleet mode: entries up to `seq` may have been missed on any channel (see `lost_upto`).
+    pub fn lose_upto(&mut self, seq: u64) {
+        self.lost_upto = self.lost_upto.max(seq);
+        self.last_seq = self.last_seq.max(seq);
+    }
+
+    /// Fleet mode: the fleet's epoch is now `epoch` and the log is read after `start_seq`.
+    /// Everything held is void; cursors of this epoch below `start_seq` are reset.
+    pub fn take_epoch(&mut self, epoch: u64, start_seq: u64) {
+        let fresh = Store::new(epoch, self.buffer, self.ttl_ms, self.max_channels);
+        let old = std::mem::replace(self, fresh);
+        self.published = old.published;
+        self.last_seq = start_seq;
+        self.lost_upto = start_seq;
+        // Freed off the lock holder's thread, as a retired index is.
+        let _ = std::thread::Builder::new()
+            .name("pnsd-free".into())
+            .spawn(move || drop(old));
+    }
+
+    /// Checks the channel limit for a publish to `channels` (sweeping what is due first when
+    /// it looks reached).
+    fn make_room(&mut self, channels: &[Box<str>], now_ms: u64) -> Result<(), PublishRefused> {
         if self.held_count() + channels.len() > self.max_channels {
-            let mut fresh = self.new_channels(&channels);
+            let mut fresh = self.new_channels(channels);
             if self.held_count() + fresh > self.max_channels {
                 // The sweep may merely be behind: free what is due, then look again.
                 self.expire(now_ms, SWEEP_BEFORE_REFUSING);
-                fresh = self.new_channels(&channels);
+                fresh = self.new_channels(channels);
             }
             if self.held_count() + fresh > self.max_channels {
                 return Err(PublishRefused::TooManyChannels {
@@ -336,10 +416,24 @@ impl Store {
                 });
             }
         }
-        self.last_seq += 1;
+        Ok(())
+    }
+
+    /// Holds message `seq` (above `last_seq`) on its channels, evicting the oldest beyond
+    /// `buffer`.
+    fn insert(
+        &mut self,
+        seq: u64,
+        channels: Box<[Box<str>]>,
+        kind: Option<i64>,
+        data: &str,
+        expires_ms: u64,
+    ) -> Arc<Message> {
+        self.last_seq = seq;
         self.published += 1;
         self.messages += 1;
-        let seq = self.last_seq;
+        let expires_ms = expires_ms.max(self.last_expires_ms);
+        self.last_expires_ms = expires_ms;
         let mut tail = String::with_capacity(data.len() + 32);
         if let Some(k) = kind {
             tail.push_str(",\"type\":");
@@ -352,7 +446,7 @@ impl Store {
             seq,
             held: AtomicU32::new(channels.len() as u32),
             channels,
-            expires_ms: now_ms.saturating_add(self.ttl_ms),
+            expires_ms,
             head: message_head(self.epoch, seq),
             tail: tail.into_boxed_str(),
         });
@@ -383,7 +477,7 @@ impl Store {
             buf.ring.push_back(msg.clone());
         }
         self.free_retired_if_empty();
-        Ok(msg)
+        msg
     }
 
     /// Drops at most `max` expired messages from their rings (a channel's turn that drops none
@@ -466,10 +560,12 @@ impl Store {
         now_ms: u64,
         limit: usize,
     ) -> Found {
+        // A cursor ahead of this store (fleet mode: another node is further along the log)
+        // is answered with itself, never moved back.
         let mut found = Found {
             messages: Vec::new(),
-            reset: false,
-            last_seq: self.last_seq,
+            reset: after < self.lost_upto,
+            last_seq: self.last_seq.max(after),
         };
         if after >= self.last_seq {
             return found;
@@ -564,6 +660,63 @@ mod tests {
             messages: 2,
             channels: 2,
         }
+    }
+
+    #[test]
+    fn fleet_appends_keep_the_logs_seqs_and_a_gap_resets_every_older_cursor() {
+        let mut s = Store::new(5, 64, 1000, 10);
+        let m = s.append_at(3, chans(&["a"]), None, "1", 0, 900).unwrap();
+        assert_eq!((m.seq, m.expires_ms, s.last_seq()), (3, 900, 3));
+        // An older entry time never makes expiry go back along the seq order.
+        let m = s.append_at(4, chans(&["b"]), None, "2", 0, 100).unwrap();
+        assert_eq!(m.expires_ms, 900);
+        assert!(s.append_at(4, chans(&["a"]), None, "x", 0, 900).is_err());
+        let f = s.read(&["a"], 2, 0, 100);
+        assert_eq!((seqs(&f), f.reset), (vec![3], false));
+        // A cursor ahead of this store is answered with itself, never moved back.
+        let f = s.read(&["a"], 9, 0, 100);
+        assert_eq!((f.last_seq, f.reset, f.messages.len()), (9, false, 0));
+
+        s.lose_upto(8);
+        s.append_at(9, chans(&["a"]), None, "3", 0, 900).unwrap();
+        for (after, reset) in [(3, true), (7, true), (8, false)] {
+            // On every channel, held or not.
+            for ch in ["a", "b", "never"] {
+                assert_eq!(
+                    s.read(&[ch], after, 0, 100).reset,
+                    reset,
+                    "{ch} after {after}"
+                );
+            }
+        }
+        assert_eq!(seqs(&s.read(&["a"], 3, 0, 100)), vec![9]);
+    }
+
+    #[test]
+    fn the_channel_limit_in_fleet_mode_loses_the_entry_loudly() {
+        let mut s = Store::new(5, 64, 1000, 1);
+        s.append_at(1, chans(&["a"]), None, "1", 0, 900).unwrap();
+        assert!(s.append_at(2, chans(&["b"]), None, "2", 0, 900).is_err());
+        assert_eq!(s.last_seq(), 2);
+        assert!(s.read(&["b"], 1, 0, 100).reset);
+        assert!(!s.read(&["b"], 2, 0, 100).reset);
+    }
+
+    #[test]
+    fn a_new_epoch_voids_what_was_held() {
+        let mut s = Store::new(5, 64, 1000, 10);
+        s.append_at(1, chans(&["a"]), None, "1", 0, 900).unwrap();
+        s.take_epoch(6, 4);
+        assert_eq!((s.epoch(), s.last_seq()), (6, 4));
+        assert_eq!(s.stats().messages, 0);
+        assert_eq!(s.stats().published, 1);
+        assert!(
+            s.read(&["a"], 3, 0, 100).reset,
+            "below the new epoch's start"
+        );
+        let m = s.append_at(5, chans(&["a"]), None, "2", 0, 900).unwrap();
+        assert!(m.head().contains(&cursor::encode(6, 5)));
+        assert_eq!(seqs(&s.read(&["a"], 4, 0, 100)), vec![5]);
     }
 
     #[test]

@@ -17,6 +17,11 @@
 //! A third test drives eviction (`--buffer 4`) and checks that every gap a subscriber sees
 //! is flagged `reset` and every `reset` answer has a gap.
 //!
+//! The fleet regime runs the same check on 2 nodes sharing one `redis-server` (`--redis`):
+//! publishers spread over the nodes, and every subscriber hops between the nodes at random
+//! with its cursor, so the check is that a cursor means the same position on every node
+//! (skipped loudly without `redis-server`, see `common::redis_server`).
+//!
 //! Every loop is bounded by a deadline; nothing asserts speed.
 
 mod common;
@@ -83,6 +88,9 @@ struct Regime {
     multi_in_10: usize,
     /// `hold` of every poll.
     hold: u64,
+    /// Fleet mode: this many nodes on one Redis, subscribers hopping between them at random
+    /// (0: one local node).
+    fleet_nodes: usize,
 }
 
 fn channel_name(i: usize) -> String {
@@ -112,16 +120,18 @@ struct Received {
 /// Polls `channels` on one keep-alive connection from "now" (taken before the barrier)
 /// until the sentinel of every group of its channels arrived or `deadline` passes.
 fn subscribe(
-    addr: std::net::SocketAddr,
+    addrs: Vec<std::net::SocketAddr>,
     index: usize,
     channels: Vec<String>,
     hold: u64,
     start: Arc<Barrier>,
     deadline: Instant,
 ) -> Received {
-    let mut conn = HttpConn::connect(addr);
+    // One keep-alive connection per node; each poll goes to a node drawn at random.
+    let mut conns: Vec<HttpConn> = addrs.iter().map(|a| HttpConn::connect(*a)).collect();
+    let mut hops = Lcg(0xb0b + index as u64);
     let refs: Vec<&str> = channels.iter().map(String::as_str).collect();
-    let first = check_poll(&conn.request(&poll_target(&refs, None, Some(0))));
+    let first = check_poll(&conns[0].request(&poll_target(&refs, None, Some(0))));
     let mut cursor = first.cursor;
     start.wait();
     // Every fourth subscriber sends its cursor as If-None-Match instead.
@@ -139,6 +149,7 @@ fn subscribe(
         finished: false,
     };
     while Instant::now() < deadline {
+        let conn = &mut conns[hops.below(addrs.len())];
         if use_etag {
             let target = poll_target(&refs, None, Some(hold));
             conn.send(format!(
@@ -219,7 +230,24 @@ fn publish_load(socket: std::path::PathBuf, k: usize, rg: &Regime) -> Acked {
 fn run(name: &str, rg: &Regime) {
     assert!(rg.observers == 0 || rg.channels <= 16);
     assert!(rg.observers > 0 || rg.publishers == 1, "G needs observers");
-    let s = Server::start(&["--threads", "2", "--buffer", "10000", "--max-hold", "120"]);
+    let redis = if rg.fleet_nodes > 0 {
+        match redis_server::RedisServer::start(&format!("invariant::{name}")) {
+            Some(r) => Some(r),
+            None => return,
+        }
+    } else {
+        None
+    };
+    let url = redis.as_ref().map(|r| r.url());
+    let mut args = vec!["--threads", "2", "--buffer", "10000", "--max-hold", "120"];
+    if let Some(u) = &url {
+        args.extend(["--redis", u.as_str()]);
+    }
+    let nodes: Vec<Server> = (0..rg.fleet_nodes.max(1))
+        .map(|_| Server::start(&args))
+        .collect();
+    let s = &nodes[0];
+    let addrs: Vec<std::net::SocketAddr> = nodes.iter().map(|n| n.addr).collect();
     assert_eq!(s.threads, 2);
     let deadline = Instant::now() + RUN_LIMIT;
     let start = Arc::new(Barrier::new(rg.subscribers + 1));
@@ -237,13 +265,13 @@ fn run(name: &str, rg: &Regime) {
                 .collect()
         };
         let start = Arc::clone(&start);
-        let addr = s.addr;
+        let addrs = addrs.clone();
         let hold = rg.hold;
         subs.push(
             thread::Builder::new()
                 .name(format!("sub{i}"))
                 .stack_size(SUB_STACK)
-                .spawn(move || subscribe(addr, i, channels, hold, start, deadline))
+                .spawn(move || subscribe(addrs, i, channels, hold, start, deadline))
                 .expect("spawn subscriber"),
         );
     }
@@ -252,7 +280,7 @@ fn run(name: &str, rg: &Regime) {
     let per_pub: Vec<Acked> = thread::scope(|scope| {
         let handles: Vec<_> = (0..rg.publishers)
             .map(|k| {
-                let socket = s.socket.clone();
+                let socket = nodes[k % nodes.len()].socket.clone();
                 scope.spawn(move || publish_load(socket, k, rg))
             })
             .collect();
@@ -404,6 +432,26 @@ fn burst_every_subscriber_gets_every_message_once_in_order() {
             pace: Duration::from_millis(4),
             multi_in_10: 3,
             hold: 1,
+            fleet_nodes: 0,
+        },
+    );
+}
+
+#[test]
+fn fleet_subscribers_hopping_between_two_nodes_get_every_message_once_in_order() {
+    run(
+        "fleet",
+        &Regime {
+            channels: 8,
+            subscribers: 100,
+            observers: 3,
+            publishers: 4,
+            per_publisher: 300,
+            batch: 8,
+            pace: Duration::from_millis(4),
+            multi_in_10: 3,
+            hold: 1,
+            fleet_nodes: 2,
         },
     );
 }
@@ -424,6 +472,7 @@ fn trickle_hold_expiries_lose_nothing() {
             pace: Duration::from_millis(20),
             multi_in_10: 2,
             hold: 1,
+            fleet_nodes: 0,
         },
     );
 }

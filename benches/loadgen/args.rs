@@ -36,8 +36,8 @@ const DEFAULT_MESSAGES: u64 = 100_000;
 /// The one-line usage hint printed for `cargo bench` with no options.
 pub const USAGE: &str =
     "loadgen: usage: cargo bench --bench loadgen -- [--target pnsd|nchan|jetty] \
-[--addr HOST:PORT] [--publish-socket PATH] [--publish-url URL] [--pid PID]... \
-[--scenario density|fanout|repoll|ingest|idle|upgrade|all] [--upgrades N] [--conns N] [--rounds N] [--repoll-clients N] \
+[--addr HOST:PORT]... [--publish-socket PATH] [--publish-url URL] [--pid PID]... \
+[--scenario density|fanout|repoll|ingest|idle|fleet|upgrade|all] [--upgrades N] [--conns N] [--rounds N] [--repoll-clients N] \
 [--client-threads N] [--repoll-lag N] [--seconds N] [--messages N] [--json PATH] [--label NAME] (see benches/loadgen/README.md)";
 
 /// Which server dialect to speak.
@@ -66,6 +66,8 @@ pub enum Scenario {
     Repoll,
     Ingest,
     Idle,
+    /// Density, fan-out and ingest: the fleet comparison (`benches/fleet.sh`).
+    Fleet,
     /// Not part of `All`: it replaces the server process (pnsd only).
     Upgrade,
     All,
@@ -83,7 +85,8 @@ pub struct PublishUrl {
 #[derive(Clone, Debug)]
 pub struct Options {
     pub target: Target,
-    pub addr: SocketAddr,
+    /// Every `--addr` (repeatable: nodes of a fleet); subscriber i connects to `addrs[i % n]`.
+    pub addrs: Vec<SocketAddr>,
     pub host: String,
     pub publish_socket: PathBuf,
     pub publish_url: Option<PublishUrl>,
@@ -116,7 +119,11 @@ impl Options {
     }
 
     pub fn runs(&self, s: Scenario) -> bool {
-        self.scenario == s || (self.scenario == Scenario::All && s != Scenario::Upgrade)
+        match self.scenario {
+            Scenario::All => s != Scenario::Upgrade,
+            Scenario::Fleet => matches!(s, Scenario::Density | Scenario::Fanout | Scenario::Ingest),
+            own => own == s,
+        }
     }
 }
 
@@ -177,7 +184,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
         return Ok(Command::Usage);
     }
     let mut target = Target::Pnsd;
-    let mut addr = "127.0.0.1:8080".to_string();
+    let mut addr_list: Vec<String> = Vec::new();
     let mut publish_socket = PathBuf::from("./pnsd.sock");
     let mut publish_url = None;
     let mut pids = Vec::new();
@@ -211,7 +218,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
                     _ => return Err(format!("--target {value}: expected pnsd, nchan or jetty")),
                 }
             }
-            "--addr" => addr = value.to_string(),
+            "--addr" => addr_list.push(value.to_string()),
             "--publish-socket" => publish_socket = PathBuf::from(value),
             "--publish-url" => publish_url = Some(parse_publish_url(value)?),
             "--pid" => pids.push(number::<u32>(name, value)?),
@@ -222,11 +229,12 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
                     "repoll" => Scenario::Repoll,
                     "ingest" => Scenario::Ingest,
                     "idle" => Scenario::Idle,
+                    "fleet" => Scenario::Fleet,
                     "upgrade" => Scenario::Upgrade,
                     "all" => Scenario::All,
                     _ => {
                         return Err(format!(
-                        "--scenario {value}: expected density, fanout, repoll, ingest, idle, upgrade or all"
+                        "--scenario {value}: expected density, fanout, repoll, ingest, idle, fleet, upgrade or all"
                     ))
                     }
                 }
@@ -251,10 +259,17 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
             target.name()
         ));
     }
+    if addr_list.is_empty() {
+        addr_list.push("127.0.0.1:8080".to_string());
+    }
+    let addrs = addr_list
+        .iter()
+        .map(|a| resolve(a))
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(Command::Run(Box::new(Options {
         target,
-        addr: resolve(&addr)?,
-        host: addr,
+        addrs,
+        host: addr_list[0].clone(),
         publish_socket,
         publish_url,
         pids,

@@ -84,7 +84,7 @@ pub struct Crowd {
 impl Crowd {
     pub fn new(o: &Options, n: usize, channels: Vec<String>) -> Result<Crowd, String> {
         Ok(Crowd {
-            reactor: Reactor::new(o.addr, n).map_err(|e| format!("cannot create poller: {e}"))?,
+            reactor: Reactor::new(&o.addrs, n).map_err(|e| format!("cannot create poller: {e}"))?,
             channels,
             cursors: vec![Cursor::default(); n],
             request: Vec::new(),
@@ -173,7 +173,9 @@ impl Crowd {
                 continue;
             }
             next_check = now + CHECK_EVERY;
-            if let Some((established, unread, _)) = procfs::sockets(o.addr, procfs::End::Server)? {
+            if let Some((established, unread, _)) =
+                procfs::sockets_all(&o.addrs, procfs::End::Server)?
+            {
                 if established < self.expect_parked || unread > 0 {
                     kernel_ok_since = None;
                     why = format!(
@@ -188,7 +190,8 @@ impl Crowd {
                     // pnsd's count is exact. nchan's per-channel count is not (with 2 workers
                     // it was seen stuck at 6,696 of 15,000 parked): after a grace period the
                     // kernel's word is enough.
-                    let advisory = o.target != Target::Pnsd;
+                    // With several nodes the publish side asks one of them only.
+                    let advisory = o.target != Target::Pnsd || o.addrs.len() > 1;
                     let since = *kernel_ok_since.get_or_insert(now);
                     if !advisory || now - since < ADVISORY_GRACE {
                         continue;

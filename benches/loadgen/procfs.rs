@@ -179,3 +179,18 @@ pub fn sockets(server: SocketAddr, end: End) -> Result<Option<(usize, usize, u64
     }
     Ok(Some((established, unread, bytes)))
 }
+
+/// `sockets` summed over several servers (the nodes of a fleet); `None` if any is not IPv4.
+pub fn sockets_all(
+    servers: &[SocketAddr],
+    end: End,
+) -> Result<Option<(usize, usize, u64)>, String> {
+    let mut sum = (0, 0, 0);
+    for s in servers {
+        let Some((e, u, b)) = sockets(*s, end)? else {
+            return Ok(None);
+        };
+        sum = (sum.0 + e, sum.1 + u, sum.2 + b);
+    }
+    Ok(Some(sum))
+}

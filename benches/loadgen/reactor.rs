@@ -87,7 +87,8 @@ pub struct Reactor {
     poll: Poll,
     events: Events,
     clients: Vec<Client>,
-    server: SocketAddr,
+    /// Client i connects to `servers[i % servers.len()]` (several: the nodes of a fleet).
+    servers: Vec<SocketAddr>,
     sources: Vec<IpAddr>,
     next_source: usize,
     queue: VecDeque<usize>,
@@ -112,8 +113,9 @@ fn source_addrs(server: SocketAddr) -> Vec<IpAddr> {
 }
 
 impl Reactor {
-    /// A reactor for `clients` subscribers of `server`.
-    pub fn new(server: SocketAddr, clients: usize) -> io::Result<Reactor> {
+    /// A reactor for `clients` subscribers spread round-robin over `servers` (non-empty).
+    pub fn new(servers: &[SocketAddr], clients: usize) -> io::Result<Reactor> {
+        let server = servers[0];
         Ok(Reactor {
             poll: Poll::new()?,
             events: Events::with_capacity(EVENTS_CAPACITY),
@@ -127,7 +129,7 @@ impl Reactor {
                     inbuf: Vec::new(),
                 })
                 .collect(),
-            server,
+            servers: servers.to_vec(),
             sources: source_addrs(server),
             next_source: 0,
             queue: VecDeque::new(),
@@ -229,7 +231,7 @@ impl Reactor {
             if self.clients[i].phase != Phase::Queued {
                 continue;
             }
-            match self.open() {
+            match self.open(i) {
                 Ok(sock) => {
                     let c = &mut self.clients[i];
                     c.sock = Some(sock);
@@ -249,7 +251,8 @@ impl Reactor {
                 Err(e) => {
                     // Put it back; the budget bounds how often this can happen.
                     self.counters.reconnects += 1;
-                    self.counters.last_error = Some(format!("connect to {}: {e}", self.server));
+                    self.counters.last_error =
+                        Some(format!("connect to {}: {e}", self.server_of(i)));
                     self.queue.push_back(i);
                     break;
                 }
@@ -257,12 +260,17 @@ impl Reactor {
         }
     }
 
-    /// Opens a non-blocking connection from the next source address.
-    fn open(&mut self) -> io::Result<TcpStream> {
+    fn server_of(&self, i: usize) -> SocketAddr {
+        self.servers[i % self.servers.len()]
+    }
+
+    /// Opens client `i`'s non-blocking connection from the next source address.
+    fn open(&mut self, i: usize) -> io::Result<TcpStream> {
+        let server = self.server_of(i);
         let mut last = io::Error::other("no attempt");
         for _ in 0..MAX_BIND_ATTEMPTS {
             let sock = Socket::new(
-                Domain::for_address(self.server),
+                Domain::for_address(server),
                 Type::STREAM,
                 Some(Protocol::TCP),
             )?;
@@ -277,7 +285,7 @@ impl Reactor {
                     continue;
                 }
             }
-            match sock.connect(&self.server.into()) {
+            match sock.connect(&server.into()) {
                 Ok(()) => {}
                 Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
                 Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => {

@@ -11,6 +11,7 @@ use crate::order::OrderCheck;
 use crate::procfs;
 use crate::reactor::Completion;
 use crate::report::{percentile, Fanout, Ingest, Repoll, Results};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Barrier, Mutex};
 use std::time::{Duration, Instant};
@@ -228,7 +229,7 @@ fn client_floor(
     channel: &str,
     seq: u64,
 ) -> Result<Option<(f64, f64)>, String> {
-    if !o.addr.is_ipv4() {
+    if !o.addrs.iter().all(SocketAddr::is_ipv4) {
         return Ok(None);
     }
     let n = crowd.reactor.len();
@@ -238,7 +239,7 @@ fn client_floor(
     let deadline = Instant::now() + FANOUT_DEADLINE;
     let mut last: Option<u64> = None;
     loop {
-        let Some((_, unread, bytes)) = procfs::sockets(o.addr, procfs::End::Client)? else {
+        let Some((_, unread, bytes)) = procfs::sockets_all(&o.addrs, procfs::End::Client)? else {
             return Ok(None);
         };
         if unread == n && last == Some(bytes) {

@@ -481,7 +481,7 @@ mod socket_tests {
         let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
         // Three clients; the first asks /close, so it needs a second connection: 4 in all.
         let server = serve(listener, 4);
-        let mut r = Reactor::new(addr, 3).unwrap_or_else(|e| panic!("{e}"));
+        let mut r = Reactor::new(&[addr], 3).unwrap_or_else(|e| panic!("{e}"));
         let get = |p: &str| format!("GET {p} HTTP/1.1\r\nHost: x\r\n\r\n").into_bytes();
         for i in 0..3 {
             let path = if i == 0 { "/close" } else { "/a" };
@@ -541,8 +541,11 @@ mod socket_tests {
             }
             lines
         });
-        let mut r = Reactor::new("127.0.0.1:9".parse().unwrap_or_else(|_| unreachable!()), 0)
-            .unwrap_or_else(|e| panic!("{e}"));
+        let mut r = Reactor::new(
+            &["127.0.0.1:9".parse().unwrap_or_else(|_| unreachable!())],
+            0,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         let p = Publisher::unix(r.registry(), &path, 16).unwrap_or_else(|e| panic!("{e}"));
         r.publisher = Some(p);
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -630,7 +633,7 @@ mod socket_tests {
             }
             answered
         });
-        let mut r = Reactor::new(addr, 0).unwrap_or_else(|e| panic!("{e}"));
+        let mut r = Reactor::new(&[addr], 0).unwrap_or_else(|e| panic!("{e}"));
         let p = Publisher::http(r.registry(), addr, 1, 4).unwrap_or_else(|e| panic!("{e}"));
         r.publisher = Some(p);
         if let Some(p) = r.publisher.as_mut() {

@@ -6,7 +6,8 @@
 //!   (`Published`) was handled, every connection is between two events.
 //! - While frozen, nothing is read, written, accepted or timed out; edges that arrive stay in
 //!   this reactor's epoll for after a thaw, and the same bytes wait in the kernel for the new
-//!   process, whose fresh registration reports them.
+//!   process, whose fresh registration reports them. Commands that arrive meanwhile are held
+//!   and carried out after a thaw, in order.
 //! - Adopted connections are counted and registered exactly as accepted ones; an adopted
 //!   parked poll is parked again under its channels and, before any event is served, checked
 //!   against the store once (a message may have arrived between its last wake-up and the
@@ -43,12 +44,22 @@ impl Reactor {
         if reply.send(image).is_err() {
             return;
         }
+        // Commands that would touch a socket (a fleet feed's wake-ups, a session's end) wait
+        // until the thaw; a successful upgrade drops them with the process (the new one reads
+        // the same store and wakes its adopted polls itself).
+        let mut held = Vec::new();
         loop {
             match self.commands.recv() {
-                Ok(Command::Thaw) | Err(_) => return,
+                Ok(Command::Thaw) | Err(_) => break,
                 Ok(Command::Freeze(_)) => {}
-                Ok(cmd) => self.command(cmd),
+                Ok(Command::WaitingChannels(reply)) => {
+                    let _ = reply.send(self.parked.channel_names().map(Box::from).collect());
+                }
+                Ok(cmd) => held.push(cmd),
             }
+        }
+        for cmd in held {
+            self.command(cmd);
         }
     }
 

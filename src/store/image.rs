@@ -48,6 +48,9 @@ pub struct ChannelImage {
 pub struct StoreImage {
     pub epoch: u64,
     pub last_seq: u64,
+    /// Fleet mode: the highest seq lost to a gap in the log (a cursor below it is reset).
+    #[serde(default)]
+    pub lost_upto: u64,
     pub published: u64,
     pub bucket_seed: u64,
     pub forgotten: Vec<u64>,
@@ -91,6 +94,7 @@ impl Store {
         StoreImage {
             epoch: self.epoch,
             last_seq: self.last_seq,
+            lost_upto: self.lost_upto,
             published: self.published,
             bucket_seed: self.bucket_seed,
             forgotten: self.forgotten.to_vec(),
@@ -117,6 +121,7 @@ impl Store {
         }
         let mut store = Store::new(image.epoch, buffer, ttl_ms, max_channels);
         store.last_seq = image.last_seq;
+        store.lost_upto = image.lost_upto;
         store.published = image.published;
         store.bucket_seed = image.bucket_seed;
         store.forgotten = image.forgotten.into_boxed_slice();
@@ -174,6 +179,13 @@ impl Store {
                 }
             }
         }
+        // Expiry times never decrease along the seq order: the next append starts from here.
+        store.last_expires_ms = by_seq
+            .values()
+            .flatten()
+            .map(|m| m.expires_ms)
+            .max()
+            .unwrap_or(0);
         store.messages = by_seq
             .values()
             .flatten()

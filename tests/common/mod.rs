@@ -421,7 +421,8 @@ fn spawn_and_read_line(mut cmd: Command, dir: &TempDir) -> (Child, Option<String
     }
 }
 
-/// Parses `pnsd listening on http://ADDR [http://ADDR2 ...] publish=PATH threads=N`.
+/// Parses `pnsd listening on http://ADDR [http://ADDR2 ...] publish=PATH threads=N STORE [metrics=URL]`,
+/// where STORE is `store=local` or `store=redis://…` (checked by [`startup_store`]).
 pub fn parse_startup_line(line: &str) -> (Vec<SocketAddr>, String, usize) {
     let rest = line
         .strip_prefix("pnsd listening on ")
@@ -449,6 +450,8 @@ pub fn parse_startup_line(line: &str) -> (Vec<SocketAddr>, String, usize) {
                 t.parse::<usize>()
                     .unwrap_or_else(|e| panic!("bad threads {t:?} in {line:?}: {e}")),
             );
+        } else if word.starts_with("store=") {
+            assert!(threads.is_some(), "store= before threads=: {line:?}");
         } else {
             panic!("unexpected word {word:?} in startup line {line:?}");
         }
@@ -462,6 +465,13 @@ pub fn parse_startup_line(line: &str) -> (Vec<SocketAddr>, String, usize) {
         publish.unwrap_or_else(|| panic!("no publish= in {line:?}")),
         threads.unwrap_or_else(|| panic!("no threads= in {line:?}")),
     )
+}
+
+/// The `store=` word of a startup line: `local` or the Redis URL as shown (password masked).
+pub fn startup_store(line: &str) -> &str {
+    line.split(' ')
+        .find_map(|w| w.strip_prefix("store="))
+        .unwrap_or_else(|| panic!("no store= in {line:?}"))
 }
 
 /// The `metrics=http://ADDR/metrics` address of a startup line, if it names one.
