@@ -17,11 +17,16 @@
 //! `--publish-socket`), a role it does not pass is bound as usual. An inherited publish socket
 //! belongs to the socket unit: its path is never replaced, chmod-ed or removed. The startup line
 //! names what is really served (getsockname), inherited or bound, and `READY=1` follows it.
+//!
+//! A process started by an upgrade (`upgrade`) binds nothing: its listeners and connections
+//! come from the state image (`carried`), its store and sessions from the image too, and it
+//! reports "taken over" to the previous process once its threads run. SIGUSR2 (or the
+//! `upgrade` op, which raises it) runs an upgrade from the signal loop; a failed one leaves
+//! this process serving and the loop waiting for the next signal.
 
 use std::fs;
 use std::io::{self, Write as _};
 use std::net::SocketAddr;
-use std::os::fd::FromRawFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -44,11 +49,14 @@ use crate::ingest::Ingest;
 use crate::metrics::MetricsServer;
 use crate::publish::Publisher;
 use crate::reactor::{Reactor, DRAIN_MS, WAKER};
-use crate::state::{self, LiveImage, SocketFileImage};
+use crate::state::{self, SocketFileImage};
 use crate::store::Store;
 use crate::systemd;
 use crate::token::Secret;
 use crate::upgrade::{self, Running, Upgrader};
+
+mod carried;
+use carried::{adopt, carried_listeners};
 
 /// Pending connections the kernel may queue per listener (clamped by net.core.somaxconn).
 pub const LISTEN_BACKLOG: i32 = 65_535;
@@ -315,67 +323,6 @@ fn bind_all(config: &Config) -> Result<(Vec<Vec<TcpListener>>, Vec<SocketAddr>),
         resolved.push(real);
     }
     Ok((per_thread, resolved))
-}
-
-/// What `carried_listeners` returns: the publish socket, its file record and printed path,
-/// each reactor's HTTP listeners and the HTTP addresses.
-type Listeners = (
-    UnixListener,
-    Option<BoundSocketFile>,
-    PathBuf,
-    Vec<Vec<TcpListener>>,
-    Vec<SocketAddr>,
-);
-
-/// The listeners an upgrade carried over: the previous process's reactor `k`'s go to reactor
-/// `k % threads`, so every accept queue is served even if the thread count changed.
-fn carried_listeners(live: &LiveImage, threads: usize) -> Result<Listeners, StartError> {
-    let fail = |e: io::Error| StartError::Runtime(format!("cannot use a carried listener: {e}"));
-    // SAFETY: the previous process handed these descriptors over for these uses.
-    let publish = unsafe { std::os::unix::net::UnixListener::from_raw_fd(live.publish_listener) };
-    let path = match publish.local_addr().map_err(fail)?.as_pathname() {
-        Some(p) => p.to_path_buf(),
-        None => PathBuf::from("(unnamed)"),
-    };
-    let file = live.socket_file.as_ref().map(BoundSocketFile::from_image);
-    let mut per_thread: Vec<Vec<TcpListener>> = (0..threads).map(|_| Vec::new()).collect();
-    let mut addrs = Vec::new();
-    for (k, fds) in live.http_listeners.iter().enumerate() {
-        for &fd in fds {
-            // SAFETY: as above.
-            let l = unsafe { std::net::TcpListener::from_raw_fd(fd) };
-            if k == 0 {
-                addrs.push(l.local_addr().map_err(fail)?);
-            }
-            per_thread[k % threads].push(TcpListener::from_std(l));
-        }
-    }
-    Ok((
-        UnixListener::from_std(publish),
-        file,
-        path,
-        per_thread,
-        addrs,
-    ))
-}
-
-/// Has the reactors and the publish thread adopt the connections an upgrade carried over.
-fn adopt(
-    live: LiveImage,
-    reactors: &mut [Reactor],
-    publisher: &mut Publisher,
-    generation: u64,
-) -> Result<(), StartError> {
-    let fail = |e: io::Error| StartError::Runtime(format!("cannot adopt a connection: {e}"));
-    let n = reactors.len().max(1);
-    for (k, conns) in live.conns.into_iter().enumerate() {
-        if let Some(r) = reactors.get_mut(k % n) {
-            r.adopt(conns).map_err(fail)?;
-        }
-    }
-    publisher
-        .adopt(live.publishers, std::process::id(), generation)
-        .map_err(fail)
 }
 
 /// The max-connections default: the open-file limit less a reserve.
