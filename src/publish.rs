@@ -17,10 +17,10 @@
 //! - At most `max_publishers` connections are served; one more is accepted, sent one error
 //!   line and closed, so its script sees why; connections already served are unaffected.
 //!
-//! The I/O steps (`read_into`, `flush`, `accept`) are kept together so they can move onto the
-//! shared socket layer.
+//! Reads, writes, accepts (with the EMFILE back-off) and the lingering of refused connections
+//! go through `sockio`, the socket layer HTTP connections use too.
 
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::Shutdown;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, Receiver, TryRecvError};
@@ -33,6 +33,7 @@ use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
 use crate::backoff::{self, AcceptBackoff};
+use crate::sockio::{self, Accepted, Lingering, ReadEnd};
 use crate::fleet_publish::FleetRoute;
 use crate::ingest::{Batch, Ingest};
 use crate::line::{self, Frame, Framer, Request};
@@ -57,8 +58,8 @@ const SWEEP_GAP_MS: u64 = 1;
 /// How long a refused connection is kept (write side shut) so the line its client sent
 /// right after connecting is read before the close: closing first would turn that client's
 /// write into EPIPE before it reads why it was refused.
-const REFUSED_LINGER: Duration = Duration::from_millis(200);
-/// Refused connections kept lingering at once; more are closed at once (a connect flood).
+const REFUSED_LINGER_MS: u64 = 200;
+/// Refused connections kept lingering at once; one more closes the oldest (a connect flood).
 const MAX_REFUSED_LINGERING: usize = 16;
 
 const WAKER: Token = Token(0);
@@ -73,6 +74,9 @@ struct PubConn {
     out: Vec<u8>,
     out_pos: usize,
     readable: bool,
+    /// The poller said the peer closed its side: read on to the end of stream even after a
+    /// short read (no further edge will come).
+    read_closed: bool,
     eof: bool,
     /// A stats line is awaited from `stats`; the lines after it wait.
     stats_pending: bool,
@@ -82,6 +86,21 @@ struct PubConn {
 }
 
 impl PubConn {
+    fn new(sock: UnixStream) -> PubConn {
+        PubConn {
+            sock,
+            input: Vec::new(),
+            framer: Framer::default(),
+            out: Vec::new(),
+            out_pos: 0,
+            readable: true,
+            read_closed: false,
+            eof: false,
+            stats_pending: false,
+            asked_upgrade: false,
+        }
+    }
+
     /// Its next line waits for an answer from elsewhere (stats replies, the upgrade).
     fn waits_for_answer(&self) -> bool {
         self.stats_pending || self.asked_upgrade
@@ -96,7 +115,8 @@ pub struct Publisher {
     ingest: Ingest,
     stats: PendingStats<usize>,
     max_publishers: usize,
-    refused: Vec<(UnixStream, Instant)>,
+    /// Connections refused at `max_publishers`, kept a moment after their error line.
+    refused: Lingering<UnixStream>,
     drain: Receiver<()>,
     /// Freeze and thaw around an upgrade (`image`).
     control: Receiver<Control>,
@@ -141,7 +161,7 @@ impl Publisher {
                 ingest,
                 stats: PendingStats::new(waker.clone(), STATS_WAIT),
                 max_publishers,
-                refused: Vec::new(),
+                refused: Lingering::new(MAX_REFUSED_LINGERING, REFUSED_LINGER_MS),
                 drain: rx,
                 control,
                 adopted: Vec::new(),
@@ -186,6 +206,7 @@ impl Publisher {
                             if ev.is_readable() || ev.is_read_closed() {
                                 c.readable = true;
                             }
+                            c.read_closed |= ev.is_read_closed();
                             work.push(key);
                         }
                     }
@@ -204,8 +225,8 @@ impl Publisher {
                 }
             }
             self.answer_stats(false, &mut again);
-            self.linger_refused(false);
             let now = ingest.hub().clock.now_ms();
+            self.refused.service(now);
             if self.accept_backoff.resume(now) {
                 self.accept();
             }
@@ -234,67 +255,49 @@ impl Publisher {
         if !again.is_empty() {
             return Duration::ZERO;
         }
-        let to_sweep = self
-            .next_sweep
-            .saturating_sub(self.ingest.hub().clock.now_ms());
+        let now_ms = self.ingest.hub().clock.now_ms();
+        let to_sweep = self.next_sweep.saturating_sub(now_ms);
         let mut t = if self.accept_backoff.is_paused() {
             Duration::from_millis(backoff::PAUSE_MS)
         } else {
             Duration::from_millis(to_sweep.min(SWEEP_MS))
         };
-        let now = Instant::now();
-        let deadlines = self.stats.next_deadline().into_iter();
-        for d in deadlines.chain(self.refused.iter().map(|r| r.1)) {
-            t = t.min(d.saturating_duration_since(now));
+        if let Some(d) = self.stats.next_deadline() {
+            t = t.min(d.saturating_duration_since(Instant::now()));
+        }
+        if let Some(d) = self.refused.next_deadline() {
+            t = t.min(Duration::from_millis(d.saturating_sub(now_ms)));
         }
         t
     }
 
     fn accept(&mut self) {
-        if self.accept_backoff.is_paused() {
-            return;
-        }
         // Bounded: the backlog is finite and each pass takes one connection or stops.
         while let Some(l) = self.listener.as_ref() {
-            match l.accept() {
-                Ok((sock, _)) if self.conns.len() >= self.max_publishers => self.refuse(sock),
-                Ok((mut sock, _)) => {
-                    let entry = self.conns.vacant_entry();
-                    let token = Token(CONN_BASE + entry.key());
-                    if self
-                        .poll
-                        .registry()
-                        .register(&mut sock, token, Interest::READABLE | Interest::WRITABLE)
-                        .is_ok()
-                    {
-                        entry.insert(PubConn {
-                            sock,
-                            input: Vec::new(),
-                            framer: Framer::default(),
-                            out: Vec::new(),
-                            out_pos: 0,
-                            readable: true,
-                            eof: false,
-                            stats_pending: false,
-                            asked_upgrade: false,
-                        });
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    // EMFILE and friends: the waiting publisher stays in the backlog and no new
-                    // edge will come for it, so retry after a pause.
-                    self.accept_backoff
-                        .failed(self.ingest.hub().clock.now_ms(), "publish", &e);
-                    return;
-                }
+            let now = self.ingest.hub().clock.now_ms();
+            let mut sock = match sockio::accept(l, &mut self.accept_backoff, now, "publish") {
+                Accepted::Stream(s) => s,
+                Accepted::Empty | Accepted::Paused => return,
+            };
+            if self.conns.len() >= self.max_publishers {
+                self.refuse(sock, now);
+                continue;
+            }
+            let entry = self.conns.vacant_entry();
+            let token = Token(CONN_BASE + entry.key());
+            if self
+                .poll
+                .registry()
+                .register(&mut sock, token, Interest::READABLE | Interest::WRITABLE)
+                .is_ok()
+            {
+                entry.insert(PubConn::new(sock));
             }
         }
     }
 
     /// A connection over `max_publishers`: one error line, then closed (after a short linger).
-    fn refuse(&mut self, mut sock: UnixStream) {
+    fn refuse(&mut self, mut sock: UnixStream, now: u64) {
         debug!("refusing a publisher: {} connected", self.conns.len());
         let mut answer = Vec::new();
         line::error_line(
@@ -305,22 +308,9 @@ impl Publisher {
             ),
         );
         // The socket is new and its send buffer empty: one short write goes through whole.
-        let _ = sock.write(&answer);
+        let _ = sockio::write_some(&mut sock, &answer);
         let _ = sock.shutdown(Shutdown::Write);
-        if self.refused.len() < MAX_REFUSED_LINGERING {
-            self.refused.push((sock, Instant::now() + REFUSED_LINGER));
-            self.linger_refused(false);
-        }
-    }
-
-    /// Reads and drops what refused connections send; closes each at EOF or its deadline.
-    fn linger_refused(&mut self, now_all: bool) {
-        let now = Instant::now();
-        let scratch = &mut self.scratch;
-        self.refused.retain_mut(|(sock, until)| {
-            let open = matches!(read_into(sock, scratch), Ok(Some(_)) | Err(None));
-            open && !now_all && now < *until
-        });
+        self.refused.push(sock, now);
     }
 
     /// Reads, answers and writes for one publisher; true when it has more to do at once.
@@ -347,14 +337,18 @@ impl Publisher {
                 return true;
             }
             reads += 1;
-            match read_into(&mut c.sock, &mut self.scratch) {
-                Ok(Some(bytes)) => c.input.extend_from_slice(bytes),
-                Ok(None) => {
+            let mut filled = 0;
+            let end = sockio::read_into(&mut c.sock, &mut self.scratch, &mut filled);
+            c.input.extend_from_slice(&self.scratch[..filled]);
+            match end {
+                Ok(ReadEnd::Full) => {}
+                // After the peer's close no edge comes again: read on to the end of stream.
+                Ok(ReadEnd::Drained) => c.readable = c.read_closed && filled > 0,
+                Ok(ReadEnd::Eof) => {
                     c.eof = true;
                     c.readable = false;
                 }
-                Err(None) => c.readable = false,
-                Err(Some(_)) => {
+                Err(_) => {
                     self.close(key);
                     return false;
                 }
@@ -491,7 +485,7 @@ impl Publisher {
         if let Some(mut l) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut l);
         }
-        self.linger_refused(true);
+        self.refused.clear();
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
         let ingest = self.ingest.clone();
         let mut batch = ingest.batch();
@@ -525,36 +519,16 @@ impl Publisher {
     }
 }
 
-/// One read: `Ok(Some(bytes))`, `Ok(None)` at EOF, `Err(None)` when it would block, and
-/// `Err(Some(e))` on a dead socket; an interrupted read is retried.
-fn read_into<'a>(
-    sock: &mut UnixStream,
-    scratch: &'a mut [u8],
-) -> Result<Option<&'a [u8]>, Option<io::Error>> {
-    loop {
-        match sock.read(scratch) {
-            Ok(0) => return Ok(None),
-            Ok(n) => return Ok(scratch.get(..n)),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Err(None),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(Some(e)),
-        }
-    }
-}
-
 /// Writes a publisher's pending answers; false on a dead socket.
 fn flush(c: &mut PubConn) -> bool {
-    while c.out_pos < c.out.len() {
-        match c.sock.write(&c.out[c.out_pos..]) {
-            Ok(0) => return false,
-            Ok(n) => c.out_pos += n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => return false,
-        }
+    match sockio::write_some(&mut c.sock, &c.out[c.out_pos..]) {
+        Ok(n) => c.out_pos += n,
+        Err(_) => return false,
     }
-    c.out.clear();
-    c.out_pos = 0;
+    if c.out_pos == c.out.len() {
+        c.out.clear();
+        c.out_pos = 0;
+    }
     true
 }
 
@@ -563,7 +537,7 @@ mod tests {
     use super::*;
     use crate::config::Config;
     use crate::hub::{Command, Hub, ReactorLink};
-    use std::io::{BufRead, BufReader};
+    use std::io::{BufRead, BufReader, Read, Write};
     use std::os::unix::net::UnixStream as Client;
     use std::path::PathBuf;
     use std::sync::atomic::{AtomicUsize, Ordering};

@@ -287,6 +287,16 @@ impl<S: Read> Lingering<S> {
         });
     }
 
+    /// When the oldest kept socket falls due (ms), if any: all linger alike, so the first.
+    pub fn next_deadline(&self) -> Option<u64> {
+        self.socks.front().map(|s| s.1)
+    }
+
+    /// Closes every kept socket now (a drain).
+    pub fn clear(&mut self) {
+        self.socks.clear();
+    }
+
     pub fn is_empty(&self) -> bool {
         self.socks.is_empty()
     }

@@ -112,15 +112,11 @@ impl Publisher {
                 line::upgrade_line(&mut out, pid, generation);
             }
             entry.insert(PubConn {
-                sock,
                 input: p.input,
                 framer: Framer::resuming(p.discarding),
                 out,
-                out_pos: 0,
-                readable: true,
                 eof: p.eof,
-                stats_pending: false,
-                asked_upgrade: false,
+                ..PubConn::new(sock)
             });
             self.adopted.push(key);
         }
