@@ -15,7 +15,7 @@
 //!
 //! Every response starts in `respond`, which reports it to `cx.observer` (metrics, access log)
 //! and counts it in `Step::answered`.
-//! A Server-Sent Events stream (`conn_stream`) is `Parked` for its whole life, with the
+//! A Server-Sent Events stream (`conn::stream`) is `Parked` for its whole life, with the
 //! `STREAM` flag: after each write it waits again at its new cursor; its one timer is the
 //! next heartbeat (or the stream's end) instead of a hold.
 //!
@@ -185,7 +185,7 @@ pub struct Conn<S> {
     flags: u8,
     /// The parked request's CORS match (`config::Cors::matching`).
     cors: u8,
-    /// A stream's heartbeats left before it ends (see `conn_stream`).
+    /// A stream's heartbeats left before it ends (see `stream`).
     beats: u16,
 }
 
@@ -737,9 +737,7 @@ impl<S> TimerNodes for Slab<Conn<S>> {
 }
 
 /// A Server-Sent Events stream's side of the connection.
-#[path = "conn_stream.rs"]
 mod stream;
 
 #[cfg(test)]
-#[path = "conn_tests.rs"]
 mod tests;

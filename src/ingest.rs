@@ -1,5 +1,5 @@
 //! Ingest: the one way into the store. Every publish source (the Unix socket thread in local
-//! mode; the Redis feed in fleet mode, through `fleet_sink`; an upgrade hand-over later)
+//! mode; the Redis feed in fleet mode, through `fleet::StoreSink`; an upgrade hand-over later)
 //! appends through an `Ingest`, which writes the store and wakes the reactors whose polls wait
 //! on the channels written.
 //!
@@ -36,6 +36,9 @@ use crate::cursor;
 use crate::hub::{Command, Hub, ReactorLink};
 use crate::session::SessionError;
 use crate::store::{Message, PublishRefused, Store};
+
+mod fleet;
+pub use fleet::StoreSink;
 
 /// Appends per lock hold and per wake-up of the reactors: a burst of small publishes is
 /// batched (one lock, one command per reactor) while a poll waits at most this many appends.

@@ -1,43 +1,43 @@
 //! pnsd: a dense long-polling push server.
 //!
-//! The data path, in the order a request meets it:
-//! - `server`: start-up (limits, sockets, threads, signals) and the drain;
+//! The data path, in the order a request meets it (each room, one concern):
+//! - `server`: start-up (limits, sockets, threads, signals) and the drain (`server::carried`:
+//!   the start of an upgraded process); `systemd`: socket activation and sd_notify;
 //! - `reactor`: one mio event loop per core; only dispatches: accepts, readiness to `conn`,
-//!   wake-ups to `parked`, wheel ticks (expiries in bounded slices); takes its clock;
+//!   wake-ups to `parked`, wheel ticks (expiries in bounded slices); takes its clock
+//!   (`reactor::handover`: freezing and adopting connections across an upgrade);
 //! - `sockio`: the one socket I/O layer (bounded read, writes with back-pressure, vectored
-//!   writes, accept with EMFILE back-off), generic over TCP, Unix and test sockets;
+//!   writes, accept with EMFILE back-off, refused sockets lingering), for HTTP connections and
+//!   publishers alike; `backoff`: the accept pause; `pool`: the per-reactor read buffers;
 //! - `conn`: one HTTP connection's state machine (private state, one entry point per event,
-//!   each returning the reactor's next step), generic over its transport; every response it
-//!   starts is reported to the reactor's `observer` (metrics tally, access log record);
+//!   each returning the reactor's next step), generic over its transport (`conn::stream`: an
+//!   event stream's side; `conn::image`: a connection as carried by an upgrade);
 //! - `http`: request head parsing (httparse), no I/O; `query`: the poll's parameters;
-//! - `poll`: the endpoints: answer at once or park; `answer`: a poll's answer bytes (flat, or
-//!   by reference to the stored messages); `response`: HTTP heads and errors;
-//! - `sse`: the bytes of a Server-Sent Events stream (head, message events, reset, heartbeat);
+//!   `token`: HS256 subscriber tokens; `session`: the sessions the application registers;
+//! - `poll`: the endpoints: answer at once or park;
+//! - `answer`: a poll's answer bytes (flat, or by reference to the stored messages);
+//!   `sse`: the bytes of a Server-Sent Events stream; `response`: HTTP heads and errors;
+//! - `observer`: every response started is reported to the metrics tally and the access log
+//!   (`access_log`: one line per answered request, buffered per reactor);
 //! - `parked`: parked subscribers and their answers (publish wake-up, hold or token expiry,
-//!   drain), the encode-once cache; owns the reactor's `waiters` index;
-//! - `token`: HS256 subscriber tokens; `session`: the sessions the application registers (a
-//!   `sid` that is not a token), their channels and kept position;
-//! - `waiters`: which parked polls wait on which channel (per reactor);
-//! - `wheel`: the hashed timer wheel of hold, token, head, idle and write deadlines;
+//!   drain), the encode-once cache; `waiters`: which parked polls wait on which channel;
+//!   `wheel`: the hashed timer wheel of hold, token, head, idle and write deadlines;
 //! - `store`, `cursor`: channel buffers, the global message order and cursors;
-//! - `publish`: the Unix publish socket's thread (socket I/O only); `line`: its NDJSON line
-//!   protocol (framing, parsing, answer lines), no I/O;
-//! - `ingest`: the one way into the store: appends in short lock holds and wakes the reactors;
-//! - `stats`: the stats figures, gathered from the reactors without blocking, and rendered;
-//! - `state`: the server's state as one versioned image (the store today), the `--state-file`
-//!   written by the drain and read at start;
-//! - `upgrade`: hands the running server to a new binary (a child inheriting the descriptors
-//!   and a state memfd), or serves on unchanged when that fails;
-//! - `systemd`: socket activation (inherited listeners) and sd_notify state messages;
-//! - `stats`: the stats line's figures, gathered from the reactors without blocking, and
-//!   rendered; `metrics`: the same figures and more for Prometheus (`/metrics`, its own thread
-//!   and listener), read from atomics only; `access_log`: one line per answered request,
-//!   buffered per reactor;
-//! - `fleet`: fleet mode's Redis side (the log, the epoch, the publisher client, the feed thread);
-//!   `fleet_sink`: the feed's writer of the store (through `ingest`); `fleet_publish`: the
-//!   publish thread's route to Redis (ack after the store holds the entry);
-//! - `backoff`: accept back-off on EMFILE; `hub`: what the threads share (store, counters,
-//!   per-reactor gauges, clock); `pool`: read buffers; `cli`, `client`, `config`.
+//!
+//! and the way in, in the order a publish meets it:
+//! - `publish`: the Unix publish socket's thread (socket I/O only; `publish::fleet`: fleet
+//!   mode's route of publish lines to Redis); `line`: its NDJSON line protocol, no I/O;
+//! - `ingest`: the one way into the store: appends in short lock holds and wakes the reactors
+//!   (`ingest::fleet`: the Redis feed as a source); `fleet`: fleet mode's Redis side (the log,
+//!   the epoch, the publisher client, the feed thread);
+//! - `hub`: what the threads share (store, counters, per-reactor gauges, clock, the reactors'
+//!   links);
+//! - `stats`: the stats line's figures, gathered without blocking, and rendered; `metrics`: the
+//!   same and more for Prometheus (`/metrics`, its own thread and listener);
+//! - `state`: the server's state as one versioned image, the `--state-file`; `upgrade`: hands
+//!   the running server to a new binary, or serves on unchanged when that fails;
+//! - `cli`, `client`, `config`, `xorshift`: the command line, the publish client, the options,
+//!   a small random source.
 
 pub mod access_log;
 pub mod answer;
@@ -48,8 +48,6 @@ pub mod config;
 pub mod conn;
 pub mod cursor;
 pub mod fleet;
-pub mod fleet_publish;
-pub mod fleet_sink;
 pub mod http;
 pub mod hub;
 pub mod ingest;

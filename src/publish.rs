@@ -8,7 +8,7 @@
 //! - A publish is acknowledged only after `ingest` returned, i.e. after the message is in its
 //!   channel buffers: a poll that arrives after the ack sees it. In fleet mode (`fleet`) the
 //!   lines go to Redis instead, a connection's consecutive publish lines as one pipelined run,
-//!   and are acked once the feed put them in this node's store (`fleet_publish`).
+//!   and are acked once the feed put them in this node's store (`publish::fleet`).
 //! - A stats request never holds up another connection: while its reactors' replies are
 //!   awaited, its own connection is neither read nor answered further (line order), and every
 //!   other connection is served.
@@ -34,12 +34,13 @@ use slab::Slab;
 
 use crate::backoff::{self, AcceptBackoff};
 use crate::sockio::{self, Accepted, Lingering, ReadEnd};
-use crate::fleet_publish::FleetRoute;
 use crate::ingest::{Batch, Ingest};
 use crate::line::{self, Frame, Framer, Request};
 use crate::stats::{PendingStats, STATS_WAIT};
 
+mod fleet;
 mod image;
+pub use fleet::FleetRoute;
 pub use image::{Control, PublishImage};
 
 /// Unsent answers after which a publisher that does not read them is not read either.

@@ -534,5 +534,4 @@ impl Reactor {
 mod handover;
 
 #[cfg(test)]
-#[path = "reactor_tests.rs"]
 mod tests;

@@ -4,7 +4,7 @@
 //! errors close, the head, idle and write deadlines (fast, on short `--head-timeout` and
 //! `--idle-timeout`; the contract's 10 s head deadline once in real time), hang-ups while
 //! parked, `--max-connections`, CORS on every answer. The contract's 75 s idle default is
-//! checked on a handed-in clock (`reactor_tests::idle_and_head_deadlines_follow_the_handed_in_clock`)
+//! checked on a handed-in clock (`reactor::tests::idle_and_head_deadlines_follow_the_handed_in_clock`)
 //! and the idle close in real time with `--idle-timeout 3`: a 75 s wall-clock wait alone would
 //! hold `cargo test` above its 100 s budget, since cargo runs the test binaries one by one.
 //!
