@@ -16,8 +16,10 @@ use std::sync::Arc;
 use crate::cursor;
 use crate::response::{self, Extra};
 use crate::sockio::{self, Segments};
-use crate::sse::EventBatch;
 use crate::store::{Found, Message};
+
+pub mod events;
+pub use events::EventBatch;
 
 /// Bodies up to this size are copied into one buffer, so the common answer of a few small
 /// messages (the fan-out and re-poll hot paths) is one `send` of contiguous bytes; larger ones
@@ -30,7 +32,7 @@ pub const FLAT_MAX: usize = 2048;
 pub enum Answer {
     Flat(Vec<u8>),
     Refs(RefAnswer),
-    /// Server-Sent Events by reference (see `sse`).
+    /// Server-Sent Events by reference (built by `sse`).
     Events(EventBatch),
 }
 
@@ -206,15 +208,6 @@ impl Answer {
     }
 }
 
-/// Which channel names message `m` to a subscriber of `channels`: the index (in
-/// `m.channels`) of the first of its channels the subscriber waits on.
-pub fn named_by<S: AsRef<str>>(m: &Message, channels: &[S]) -> u32 {
-    m.channels
-        .iter()
-        .position(|c| channels.iter().any(|s| s.as_ref() == &**c))
-        .unwrap_or(0) as u32
-}
-
 /// The whole HTTP response answering a poll on `channels` with what `found` holds.
 pub fn encode<S: AsRef<str>>(
     found: &Found,
@@ -236,7 +229,7 @@ pub fn encode<S: AsRef<str>>(
         trailer.extend_from_slice(b",\"reset\":true");
     }
     trailer.push(b'}');
-    let named = |m: &Message| named_by(m, channels);
+    let named = |m: &Message| m.named_by(channels);
     let mut body_len = prefix.len() + trailer.len();
     for (i, m) in found.messages.iter().enumerate() {
         let ch = m.channels.get(named(m) as usize).map_or(0, |c| c.len());

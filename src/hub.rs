@@ -13,18 +13,19 @@
 //! advances it.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Instant;
 
 use crate::access_log::AccessLog;
 use crate::config::Config;
 use crate::fleet::FeedState;
-use crate::metrics::ReactorTally;
+use crate::gauges::ReactorGauges;
 use crate::session::Sessions;
-use crate::state::ConnImage;
-use crate::stats::WaitingReply;
 use crate::store::Store;
 use crate::token::Secret;
+
+/// What a reactor is told and answers, reached through the hub's users as before.
+pub use crate::command::{Command, ReactorImage, ReactorLink};
 
 /// Milliseconds since the server started: real time, or a manual time that tests drive.
 #[derive(Debug, Clone)]
@@ -71,7 +72,7 @@ impl Default for Clock {
     }
 }
 
-/// Counters shared by the threads (the per-reactor ones are in `ReactorGauges`).
+/// Counters shared by the threads (the per-reactor ones are in `gauges`).
 #[derive(Debug, Default)]
 pub struct Counters {
     /// HTTP connections held: the admission count (see the module documentation).
@@ -95,87 +96,6 @@ pub struct StoreFigures {
     pub messages: AtomicUsize,
     /// Messages accepted since start.
     pub published: AtomicU64,
-}
-
-/// One reactor's gauges and counters, kept by that reactor, read by any thread without asking
-/// it. Aligned to its own cache lines: a reactor's increments never bounce another's line.
-#[derive(Debug, Default)]
-#[repr(align(128))]
-pub struct ReactorGauges {
-    /// Connections this reactor holds.
-    pub connections: AtomicUsize,
-    /// Polls parked on this reactor (streams included).
-    pub parked: AtomicUsize,
-    /// Server-Sent Events streams on this reactor.
-    pub streams: AtomicUsize,
-    /// Channels with at least one parked poll on this reactor (its waiter index's size).
-    pub waiting_channels: AtomicUsize,
-    /// Answers with at least one message handed to the socket by this reactor.
-    pub delivered: AtomicU64,
-    /// Answers by outcome, errors by status, refusals, accept pauses, fan-out times.
-    pub tally: ReactorTally,
-}
-
-/// A message for a reactor thread.
-#[derive(Debug)]
-pub enum Command {
-    /// Messages up to seq `last_seq` were appended to these channels: wake their waiters.
-    Published {
-        last_seq: u64,
-        channels: Arc<[Box<str>]>,
-        /// When `ingest` accepted the first of these messages (fan-out time starts).
-        accepted: Instant,
-    },
-    /// Report the channels that have parked polls on this thread, through the reply (which
-    /// wakes the asker; see `stats`).
-    WaitingChannels(WaitingReply),
-    /// Start the drain of section 6.
-    Drain,
-    /// Session `sid` ended: answer its parked polls 401 `session_ended` (they also wait on
-    /// the reserved channel `session::wait_name(sid)`).
-    SessionEnded(Arc<str>),
-    /// The upgrade: stop at a safe point, send the reactor's image, and touch no socket until
-    /// `Thaw` (after a failed upgrade; a successful one ends the process instead).
-    Freeze(mpsc::Sender<ReactorImage>),
-    /// Serve again after `Freeze`.
-    Thaw,
-    /// Fleet mode: the store took a new epoch (`new_epoch`) or lost entries to a gap: answer
-    /// `reset:true`, from the store as it now is, every parked poll whose cursor that voided.
-    Reset { new_epoch: bool },
-}
-
-/// One reactor's part of the upgrade image: its listeners' and connections' descriptors and
-/// state.
-#[derive(Debug)]
-pub struct ReactorImage {
-    /// The reactor's index in `Hub::gauges`.
-    pub index: usize,
-    pub listeners: Vec<i32>,
-    pub conns: Vec<ConnImage>,
-}
-
-/// How to reach one reactor.
-#[derive(Debug)]
-pub struct ReactorLink {
-    pub commands: mpsc::Sender<Command>,
-    pub waker: mio::Waker,
-}
-
-impl ReactorLink {
-    /// Queues `cmd` and wakes the reactor; false if it is gone.
-    pub fn send(&self, cmd: Command) -> bool {
-        self.commands.send(cmd).is_ok() && self.waker.wake().is_ok()
-    }
-
-    /// A link to no reactor, for tests: its commands are read from the receiver; its waker
-    /// belongs to the returned poll, which nobody runs.
-    #[cfg(test)]
-    pub fn detached() -> (ReactorLink, mpsc::Receiver<Command>, mio::Poll) {
-        let poll = mio::Poll::new().expect("poll");
-        let waker = mio::Waker::new(poll.registry(), mio::Token(0)).expect("waker");
-        let (commands, rx) = mpsc::channel();
-        (ReactorLink { commands, waker }, rx, poll)
-    }
 }
 
 /// See the module documentation.

@@ -30,8 +30,9 @@
 //! - `ingest`: the one way into the store: appends in short lock holds and wakes the reactors
 //!   (`ingest::fleet`: the Redis feed as a source); `fleet`: fleet mode's Redis side (the log,
 //!   the epoch, the publisher client, the feed thread);
-//! - `hub`: what the threads share (store, counters, per-reactor gauges, clock, the reactors'
-//!   links);
+//! - `hub`: what the threads share (store, counters, clock, the reactors' links); `command`:
+//!   what a reactor is told, and what it answers (the stats reply, its image when frozen);
+//!   `gauges`: each reactor's figures and tally, readable from any thread;
 //! - `stats`: the stats line's figures, gathered without blocking, and rendered; `metrics`: the
 //!   same and more for Prometheus (`/metrics`, its own thread and listener);
 //! - `state`: the server's state as one versioned image, the `--state-file`; `upgrade`: hands
@@ -44,10 +45,12 @@ pub mod answer;
 pub mod backoff;
 pub mod cli;
 pub mod client;
+pub mod command;
 pub mod config;
 pub mod conn;
 pub mod cursor;
 pub mod fleet;
+pub mod gauges;
 pub mod http;
 pub mod hub;
 pub mod ingest;

@@ -33,9 +33,9 @@ use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
 use crate::backoff::{self, AcceptBackoff};
-use crate::sockio::{self, Accepted, Lingering, ReadEnd};
 use crate::ingest::{Batch, Ingest};
 use crate::line::{self, Frame, Framer, Request};
+use crate::sockio::{self, Accepted, Lingering, ReadEnd};
 use crate::stats::{PendingStats, STATS_WAIT};
 
 mod fleet;
@@ -590,7 +590,7 @@ mod tests {
         }
 
         /// The next command that is not a wake-up for published channels.
-        fn next_stats_ask(&self) -> crate::stats::WaitingReply {
+        fn next_stats_ask(&self) -> crate::command::WaitingReply {
             loop {
                 match self.commands.recv_timeout(WAIT) {
                     Ok(Command::WaitingChannels(reply)) => return reply,

@@ -21,18 +21,15 @@
 //! - Every event ends with a blank line and no `data:` line holds a CR or LF: a message whose
 //!   JSON text has line breaks (whitespace the publisher sent inside `data`) is split over
 //!   several `data:` lines, which `EventSource` joins with LF into the same JSON.
-//! - A batch owns a bounded amount whatever the message sizes: like `answer::RefAnswer`, its
+//! - A batch owns a bounded amount whatever the message sizes: like `answer::RefAnswer`, its (`answer::EventBatch`)
 //!   messages are written from the store's bytes by reference; it owns one `id:` prefix per
 //!   message (at most `poll::MAX_PER_ANSWER`) and its preamble. A batch with a message that
 //!   needs splitting is encoded flat (rare: publishers send compact JSON).
 
-use std::io::IoSlice;
-use std::sync::Arc;
-
-use crate::answer::{self, Answer};
+use crate::answer::events::END;
+use crate::answer::{Answer, EventBatch};
 use crate::cursor;
 use crate::response::{self, ApiError};
-use crate::sockio;
 use crate::store::{Found, Message};
 
 /// The comment written every `--sse-heartbeat` seconds so proxies keep an idle stream open.
@@ -40,10 +37,6 @@ pub const HEARTBEAT: &[u8] = b": keep-alive\n\n";
 /// Milliseconds a browser waits before reconnecting (`retry:`): a stream that ends after
 /// `--sse-max` comes back almost at once, a server that restarts is not stormed.
 pub const RETRY_MS: u64 = 2000;
-/// Between a message's `id:` prefix and its JSON.
-const EVENT_MESSAGE: &[u8] = b"\nevent: message\ndata: ";
-const QUOTE: &[u8] = b"\"";
-const END: &[u8] = b"\n\n";
 
 /// The response head and the `retry:` line.
 pub fn head(cors: Option<&str>) -> Vec<u8> {
@@ -68,70 +61,6 @@ pub fn error_event(e: &ApiError) -> Vec<u8> {
     out.extend_from_slice(&e.body());
     out.extend_from_slice(END);
     out
-}
-
-/// A batch of message events written from the stored messages by reference.
-#[derive(Debug)]
-pub struct EventBatch {
-    /// The preamble (the response head on a stream's first write, a reset event).
-    head: Vec<u8>,
-    /// `id: CURSOR` of every message, one after the other.
-    ids: Vec<u8>,
-    /// Each message, the index of the channel it is named by, and where its `id:` ends in
-    /// `ids`.
-    msgs: Vec<(Arc<Message>, u32, u32)>,
-    len: usize,
-}
-
-impl EventBatch {
-    /// The preamble (response head and/or reset event); empty on a stream's later writes.
-    pub(crate) fn preamble(&self) -> &[u8] {
-        &self.head
-    }
-
-    /// Messages in this batch.
-    pub(crate) fn message_count(&self) -> usize {
-        self.msgs.len()
-    }
-
-    fn parts(&self) -> impl Iterator<Item = &[u8]> {
-        let msgs = self.msgs.iter().enumerate().flat_map(|(i, (m, ch, end))| {
-            let start = if i == 0 {
-                0
-            } else {
-                self.msgs[i - 1].2 as usize
-            };
-            let id = self.ids.get(start..*end as usize).unwrap_or_default();
-            let name = m.channels.get(*ch as usize).map_or("", |c| &**c);
-            [
-                id,
-                EVENT_MESSAGE,
-                m.head().as_bytes(),
-                QUOTE,
-                name.as_bytes(),
-                QUOTE,
-                m.tail().as_bytes(),
-                END,
-            ]
-        });
-        std::iter::once(&self.head[..]).chain(msgs)
-    }
-
-    /// Bytes this batch owns beside the shared messages.
-    pub fn owned_bytes(&self) -> usize {
-        std::mem::size_of::<EventBatch>()
-            + self.head.capacity()
-            + self.ids.capacity()
-            + self.msgs.capacity() * std::mem::size_of::<(Arc<Message>, u32, u32)>()
-    }
-
-    pub fn total_len(&self) -> usize {
-        self.len
-    }
-
-    pub fn slices_from<'a>(&'a self, pos: usize, out: &mut [IoSlice<'a>]) -> usize {
-        sockio::slices_of(self.parts(), pos, out)
-    }
 }
 
 fn has_line_break(m: &Message) -> bool {
@@ -170,7 +99,7 @@ pub fn encode<S: AsRef<str>>(
         head.extend_from_slice(end.as_bytes());
         head.extend_from_slice(b"\"}\n\n");
     }
-    let named = |m: &Message| answer::named_by(m, channels);
+    let named = |m: &Message| m.named_by(channels);
     if found.messages.iter().any(|m| has_line_break(m)) {
         let mut out = head;
         let mut json = Vec::new();
@@ -186,27 +115,10 @@ pub fn encode<S: AsRef<str>>(
         }
         return Answer::Flat(out);
     }
-    let mut ids = Vec::with_capacity(found.messages.len() * (4 + cursor::MAX_LEN));
-    let mut msgs = Vec::with_capacity(found.messages.len());
-    let mut len = head.len();
-    for m in &found.messages {
-        ids.extend_from_slice(b"id: ");
-        ids.extend_from_slice(cursor::encode(epoch, m.seq).as_bytes());
-        let ch = named(m);
-        let name = m.channels.get(ch as usize).map_or(0, |c| c.len());
-        msgs.push((m.clone(), ch, ids.len() as u32));
-        len += EVENT_MESSAGE.len() + m.head().len() + 2 + name + m.tail().len() + END.len();
-    }
-    len += ids.len();
-    if msgs.is_empty() {
+    if found.messages.is_empty() {
         return Answer::Flat(head);
     }
-    Answer::Events(EventBatch {
-        head,
-        ids,
-        msgs,
-        len,
-    })
+    Answer::Events(EventBatch::new(head, &found.messages, epoch, named))
 }
 
 #[cfg(test)]

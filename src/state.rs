@@ -29,6 +29,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use log::{info, warn};
 use serde::{Deserialize, Serialize};
 
+use crate::command::ConnImage;
 use crate::hub::Hub;
 use crate::session::SessionImage;
 use crate::store::{Store, StoreImage};
@@ -72,30 +73,6 @@ pub struct SocketFileImage {
     pub path: PathBuf,
     pub dev: u64,
     pub ino: u64,
-}
-
-/// One HTTP connection (`conn`): its phase, flags and buffered bytes.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct ConnImage {
-    pub fd: i32,
-    /// `conn`'s flag bits (close after, readable, read closed, token timer, stream) and its
-    /// phase (bits 5-6: 0 head, 1 idle, 2 parked).
-    pub flags: u8,
-    /// The parked request's CORS match (`config::Cors::matching`).
-    pub cors: u8,
-    /// An event stream's heartbeats left.
-    pub beats: u16,
-    /// The parked poll's cursor seq.
-    pub after: u64,
-    /// The parked poll's channels, in subscription order.
-    pub channels: Vec<String>,
-    /// Milliseconds until its timer (hold, token, head, idle or write deadline) fires.
-    pub timer_ms: Option<u64>,
-    /// Received bytes not yet parsed, and body bytes still to skip.
-    pub input: Vec<u8>,
-    pub skip: u64,
-    /// Response bytes not yet written.
-    pub out: Vec<u8>,
 }
 
 /// One publisher connection (`publish`).

@@ -22,8 +22,9 @@ use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
+use crate::command::{Command, ReactorLink, WaitingReply};
 use crate::fleet::{FeedState, FeedStats};
-use crate::hub::{Command, Hub, ReactorLink};
+use crate::hub::Hub;
 use crate::session;
 
 /// How long a stats request waits for the reactors' replies; a reactor stuck longer than
@@ -84,26 +85,6 @@ impl Figures {
             );
         }
         out.extend_from_slice(b"}\n");
-    }
-}
-
-/// The reactors' side of an ask: where to send the names of the channels with parked polls.
-#[derive(Debug)]
-pub struct WaitingReply {
-    query: u64,
-    to: mpsc::Sender<(u64, Vec<Box<str>>)>,
-    waker: Arc<mio::Waker>,
-}
-
-/// The asking thread is gone (drained); the reply is dropped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AskerGone;
-
-impl WaitingReply {
-    /// Sends `names` and wakes the asking thread.
-    pub fn send(&self, names: Vec<Box<str>>) -> Result<(), AskerGone> {
-        self.to.send((self.query, names)).map_err(|_| AskerGone)?;
-        self.waker.wake().map_err(|_| AskerGone)
     }
 }
 
@@ -168,11 +149,11 @@ impl<A: Copy + PartialEq> PendingStats<A> {
         let awaited = reactors
             .iter()
             .filter(|r| {
-                r.send(Command::WaitingChannels(WaitingReply {
+                r.send(Command::WaitingChannels(WaitingReply::new(
                     query,
-                    to: self.replies_to.clone(),
-                    waker: self.waker.clone(),
-                }))
+                    self.replies_to.clone(),
+                    self.waker.clone(),
+                )))
             })
             .count();
         self.asks.push(Ask {

@@ -114,6 +114,15 @@ pub struct Message {
 }
 
 impl Message {
+    /// Which channel names this message to a subscriber of `channels`: the index (in
+    /// `channels` of the message) of the first of its channels the subscriber waits on.
+    pub fn named_by<S: AsRef<str>>(&self, channels: &[S]) -> u32 {
+        self.channels
+            .iter()
+            .position(|c| channels.iter().any(|s| s.as_ref() == &**c))
+            .unwrap_or(0) as u32
+    }
+
     /// Appends this message's JSON object, naming `channel`, to `out`.
     pub fn encode_into(&self, out: &mut Vec<u8>, channel: &str) {
         out.extend_from_slice(self.head.as_bytes());

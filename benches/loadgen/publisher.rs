@@ -9,7 +9,6 @@
 //! Unix connection closing is fatal.
 
 use crate::http::{parse_response, Parsed};
-use crate::reactor::PUBLISHER_TOKEN_BASE;
 use mio::net::{TcpStream, UnixStream};
 use mio::{Interest, Registry, Token};
 use std::collections::VecDeque;
@@ -81,6 +80,9 @@ enum Ended {
     /// Without warning; the text says how.
     Abrupt(String),
 }
+
+/// Tokens at or above this belong to publisher connections (far above any client count).
+pub const PUBLISHER_TOKEN_BASE: usize = 1 << 30;
 
 fn register(reg: &Registry, sock: &mut Sock, k: usize) -> io::Result<()> {
     let t = Token(PUBLISHER_TOKEN_BASE + k);

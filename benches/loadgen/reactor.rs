@@ -19,7 +19,7 @@
 //!   scenarios.
 
 use crate::http::{parse_response, Parsed, Response};
-use crate::publisher::Publisher;
+use crate::publisher::{Publisher, PUBLISHER_TOKEN_BASE};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
@@ -28,8 +28,6 @@ use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-/// Tokens at or above this belong to publisher connections (far above any client count).
-pub const PUBLISHER_TOKEN_BASE: usize = 1 << 30;
 /// Readiness events taken per `poll` call: a fan-out wakes up to 15,000 sockets at once, and
 /// 4,096 per call keeps the number of `epoll_wait` calls small without a large buffer.
 const EVENTS_CAPACITY: usize = 4096;

@@ -18,9 +18,9 @@ use std::io::IoSlice;
 
 use super::{Conn, Ctx, Next, Out, Pending, Phase, Step, Transport, PHASE_BITS, PHASE_SHIFT};
 use crate::answer::Answer;
+use crate::command::ConnImage;
 use crate::poll::Park;
 use crate::sockio::Segments;
-use crate::state::ConnImage;
 use crate::waiters;
 use crate::wheel::{tick_up, TimerLink, TICK_MS};
 

@@ -3,7 +3,7 @@
 //! thread of its own (`listener`).
 //!
 //! Where the figures come from, and why a scrape cannot hold up a reactor or a publish:
-//! - reactors count into their own `hub::ReactorGauges` (gauges, `delivered`, and the
+//! - reactors count into their own `gauges::ReactorGauges` (gauges, `delivered`, and the
 //!   `ReactorTally` of answers, errors, refusals, accept pauses and fan-out times): relaxed
 //!   `fetch_add`s on the reactor's own cache lines, nothing allocated, nothing locked;
 //! - `ingest` mirrors the store's O(1) figures (channels, messages, published) into
@@ -23,11 +23,12 @@
 
 mod listener;
 mod process;
-mod tally;
 
+pub use crate::gauges::tally::{
+    Outcome, ReactorTally, TallySnapshot, ERROR_STATUSES, FANOUT_BOUNDS_US,
+};
 pub use listener::{MetricsLink, MetricsServer, MAX_SCRAPERS, PATH, SCRAPE_DEADLINE};
 pub use process::Process;
-pub use tally::{Outcome, ReactorTally, TallySnapshot, ERROR_STATUSES, FANOUT_BOUNDS_US};
 
 use std::collections::HashMap;
 use std::fmt::Debug;

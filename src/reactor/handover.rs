@@ -23,9 +23,9 @@ use mio::net::TcpStream;
 use mio::{Interest, Token};
 
 use super::{Reactor, CONN_BASE};
+use crate::command::ConnImage;
 use crate::conn::{Conn, Ctx};
 use crate::hub::{Command, ReactorImage};
-use crate::state::ConnImage;
 
 impl Reactor {
     /// Sends this reactor's image and waits, touching no socket, for `Thaw`.
