@@ -358,8 +358,23 @@ fn wait_for_the_log(state: &FeedState) {
     }
 }
 
+/// Turns off glibc's fastbins before any thread starts. With them, the first large allocation
+/// after a mass free (the TTL sweep dropping a million channels) consolidates every fastbin
+/// chunk at once, under the store's write lock: `cargo bench --bench store`, 1,000,000 channels
+/// expired 256 per slice, worst slice 167.6 ms with glibc's defaults, 4.3 ms with
+/// `M_MXFAST=0` (median 135 -> 161 us, p99 248 -> 235 us), and creating the channels costs no
+/// more (1611 -> 1388 ns per publish). Other allocators (musl) have no such knob.
+fn no_fastbins() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only changes the allocator's tuning; called before any other thread runs.
+    unsafe {
+        libc::mallopt(libc::M_MXFAST, 0);
+    }
+}
+
 /// Runs the server until a signal's drain completes. Returns the exit status.
 pub fn serve(config: Config) -> Result<(), StartError> {
+    no_fastbins();
     // First, while this is the only thread: both unset variables of the environment.
     let upgrader = Upgrader::at_start();
     let mut inheritance = upgrade::inherited().map_err(StartError::Runtime)?;
