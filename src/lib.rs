@@ -5,7 +5,8 @@
 //!   the start of an upgraded process); `systemd`: socket activation and sd_notify;
 //! - `reactor`: one mio event loop per core; only dispatches: accepts, readiness to `conn`,
 //!   wake-ups to `parked`, wheel ticks (expiries in bounded slices); takes its clock
-//!   (`reactor::handover`: freezing and adopting connections across an upgrade);
+//!   (`reactor::admit`: accepting, the connection limit and its 503 refusals;
+//!   `reactor::handover`: freezing and adopting connections across an upgrade);
 //! - `sockio`: the one socket I/O layer (bounded read, writes with back-pressure, vectored
 //!   writes, accept with EMFILE back-off, refused sockets lingering), for HTTP connections and
 //!   publishers alike; `backoff`: the accept pause; `pool`: the per-reactor read buffers;

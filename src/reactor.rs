@@ -1,9 +1,10 @@
 //! One reactor thread: a `mio::Poll`, its own listeners (SO_REUSEPORT), its own connections,
 //! hold wheel, parked subscribers and buffer pool. The loop only dispatches: listener
-//! readiness to `accept`, connection readiness to `Conn::on_ready`, wake-ups from the publish
-//! thread to `Parked::on_published`, wheel ticks to `Conn::on_timer` and
-//! `Parked::on_due`; each connection answers with a `conn::Step` that `apply` carries out
-//! (arm the timer, park, queue for later, close).
+//! readiness to `accept` (in `admit`, with the connection limit and its refusals),
+//! connection readiness to `Conn::on_ready`, wake-ups from the publish thread to
+//! `Parked::on_published`, wheel ticks to `Conn::on_timer` and `Parked::on_due`; each
+//! connection answers with a `conn::Step` that `apply` carries out (arm the timer, park, queue
+//! for later, close). `handover` holds the upgrade's freeze and adoption.
 //!
 //! Tokens: `WAKER` (0) is the publish thread's wake-up; `LISTENER_BASE + i` are the listeners;
 //! `CONN_BASE + key` are connections (slab keys). A token whose entry is gone is ignored.
@@ -45,8 +46,7 @@ use crate::hub::{Clock, Command, Hub};
 use crate::observer::Observer;
 use crate::parked::{Due, Parked};
 use crate::pool::BufferPool;
-use crate::response;
-use crate::sockio::{self, Accepted, Lingering};
+use crate::sockio::Lingering;
 use crate::wheel::{tick_up, HoldWheel, TICK_MS};
 
 /// A connection's context from the reactor's fields (a macro, so the other fields stay free
@@ -68,20 +68,12 @@ pub const LISTENER_BASE: usize = 1;
 pub const CONN_BASE: usize = 64;
 pub const MAX_LISTENERS: usize = CONN_BASE - LISTENER_BASE;
 
-/// Accepts per listener readiness before other work gets a turn.
-pub const ACCEPT_BATCH: usize = 256;
 /// Expiries handled per loop turn: thousands of holds due in the same tick are answered in
 /// slices of this many (about a millisecond of work each), with a poll for new events between
 /// them (condure caps its expiries per turn the same way).
 pub const EXPIRE_SLICE: usize = 1024;
 /// Events taken from epoll per wake-up.
 const EVENTS: usize = 1024;
-/// Connections refused at `--max-connections` kept at once per reactor after their 503 (a
-/// connect flood past it closes the oldest at once: refusals never pin more descriptors).
-const REFUSED_KEPT: usize = 32;
-/// How long a refused connection is kept, its request read and dropped, so that closing it
-/// sends a FIN and not a reset that could cost the client its 503.
-const REFUSED_LINGER_MS: u64 = 200;
 /// Read buffers kept free in the pool: enough for a burst, bounded whatever the load was.
 const POOL_KEEP: usize = 64;
 /// The drain's deadline: the process must exit within 5 s of the signal.
@@ -143,12 +135,6 @@ impl Reactor {
             poll.registry()
                 .register(l, Token(LISTENER_BASE + i), Interest::READABLE)?;
         }
-        let max_hold_ticks = tick_up(hub.config.max_hold_secs.saturating_mul(1000)) as usize;
-        // One revolution covers the longest hold, so a tick walks only due timers; capped so a
-        // huge --max-hold does not allocate a huge wheel (later revolutions are still correct).
-        let slots = (max_hold_ticks + 1)
-            .next_power_of_two()
-            .clamp(1024, 1 << 16);
         let now = clock.now_ms();
         // Capacities fixed at start: the slab's virtual size is the connection limit; pages are
         // touched only as connections arrive.
@@ -162,7 +148,7 @@ impl Reactor {
             poll,
             listeners,
             conns: Slab::with_capacity(capacity),
-            wheel: HoldWheel::new(slots, tick_up(now)),
+            wheel: HoldWheel::for_holds(hub.config.max_hold_secs, now),
             parked: Parked::new(capacity, index),
             pool: BufferPool::new(MAX_HEAD, POOL_KEEP),
             hub,
@@ -176,7 +162,7 @@ impl Reactor {
             steps: Vec::new(),
             drain_until: None,
             accept_backoff: AcceptBackoff::default(),
-            refused: Lingering::new(REFUSED_KEPT, REFUSED_LINGER_MS),
+            refused: Lingering::new(admit::REFUSED_KEPT, admit::REFUSED_LINGER_MS),
             observer: Observer::new(index, log),
             now,
         })
@@ -279,9 +265,18 @@ impl Reactor {
     /// Has `parked` answer the parked subscribers `keys` (hold or token over, or the drain's
     /// answer) with one encode-once cache, and applies their steps.
     fn answer_parked(&mut self, keys: &[u32], reason: Due) {
+        self.with_parked(|parked, conns, cx, steps| parked.on_due(keys, reason, conns, cx, steps));
+    }
+
+    /// Runs `f` on `parked` with the connections and a context, then applies the steps it
+    /// collected (the scratch `steps` is kept for the next call).
+    fn with_parked(
+        &mut self,
+        f: impl FnOnce(&mut Parked, &mut Slab<Conn<TcpStream>>, &mut Ctx<'_>, &mut Vec<(u32, Step)>),
+    ) {
         let mut steps = std::mem::take(&mut self.steps);
         let (mut cx, conns) = (cx!(self), &mut self.conns);
-        self.parked.on_due(keys, reason, conns, &mut cx, &mut steps);
+        f(&mut self.parked, conns, &mut cx, &mut steps);
         self.apply_all(&mut steps);
         self.steps = steps;
     }
@@ -330,68 +325,6 @@ impl Reactor {
                 None => break,
             }
         }
-    }
-
-    // ---- accepting
-
-    fn accept(&mut self, i: usize) {
-        if self.drain_until.is_some() {
-            return;
-        }
-        for _ in 0..ACCEPT_BATCH {
-            let Some(listener) = self.listeners.get(i) else {
-                return;
-            };
-            let was_paused = self.accept_backoff.is_paused();
-            match sockio::accept(listener, &mut self.accept_backoff, self.now, "HTTP") {
-                Accepted::Stream(sock) => self.admit(sock),
-                Accepted::Empty => return,
-                Accepted::Paused => {
-                    if !was_paused {
-                        self.observer.accept_paused(&self.hub);
-                    }
-                    return;
-                }
-            }
-        }
-        self.ready.push_back(Ready::Listener(i));
-    }
-
-    fn admit(&mut self, mut sock: TcpStream) {
-        let counters = &self.hub.counters;
-        let held = counters.connections.fetch_add(1, Ordering::Relaxed);
-        if held >= self.hub.max_connections {
-            counters.connections.fetch_sub(1, Ordering::Relaxed);
-            let cors = self.hub.config.cors.without_request();
-            let bytes = response::error_bytes(&response::OVER_CAPACITY, true, cors);
-            // Best effort: a fresh socket's send buffer takes this small answer at once. Then
-            // FIN, and its request is read and dropped for a moment instead of a reset.
-            self.observer
-                .refused(&self.hub, sock.peer_addr().ok(), bytes.len());
-            if sockio::write_some(&mut sock, &bytes).is_ok() {
-                let _ = sock.shutdown(std::net::Shutdown::Write);
-                self.refused.push(sock, self.now);
-            }
-            return;
-        }
-        let _ = sock.set_nodelay(true);
-        let key = self.conns.vacant_key();
-        if let Err(e) = self.poll.registry().register(
-            &mut sock,
-            Token(CONN_BASE + key),
-            Interest::READABLE | Interest::WRITABLE,
-        ) {
-            warn!("register failed: {e}");
-            counters.connections.fetch_sub(1, Ordering::Relaxed);
-            return;
-        }
-        self.hub.gauges[self.index]
-            .connections
-            .fetch_add(1, Ordering::Relaxed);
-        let cx = cx!(self);
-        let (conn, step) = Conn::new(sock, &cx);
-        self.conns.insert(conn);
-        self.apply(key as u32, step);
     }
 
     fn close(&mut self, key: u32) {
@@ -464,14 +397,9 @@ impl Reactor {
             Command::WaitingChannels(reply) => {
                 let _ = reply.send(self.parked.channel_names().map(Box::from).collect());
             }
-            Command::SessionEnded(sid) => {
-                let mut steps = std::mem::take(&mut self.steps);
-                let (mut cx, conns) = (cx!(self), &mut self.conns);
-                self.parked
-                    .on_session_ended(&sid, conns, &mut cx, &mut steps);
-                self.apply_all(&mut steps);
-                self.steps = steps;
-            }
+            Command::SessionEnded(sid) => self.with_parked(|parked, conns, cx, steps| {
+                parked.on_session_ended(&sid, conns, cx, steps)
+            }),
             Command::Drain => self.drain(),
             Command::Reset { new_epoch } => self.reset_parked(new_epoch),
             Command::Freeze(reply) => self.freeze(reply),
@@ -487,12 +415,9 @@ impl Reactor {
             .filter(|(_, c)| c.is_parked())
             .map(|(k, _)| k as u32)
             .collect();
-        let mut steps = std::mem::take(&mut self.steps);
-        let (mut cx, conns) = (cx!(self), &mut self.conns);
-        self.parked
-            .on_reset(&keys, new_epoch, conns, &mut cx, &mut steps);
-        self.apply_all(&mut steps);
-        self.steps = steps;
+        self.with_parked(|parked, conns, cx, steps| {
+            parked.on_reset(&keys, new_epoch, conns, cx, steps)
+        });
     }
 
     /// Wakes the polls parked on `channels`; if any was answered, observes the fan-out time
@@ -506,16 +431,13 @@ impl Reactor {
     /// Wakes the subscribers parked on `channels`, where messages up to `last_seq` are; true
     /// when any was answered.
     fn wake<S: AsRef<str>>(&mut self, last_seq: u64, channels: &[S]) -> bool {
-        let mut steps = std::mem::take(&mut self.steps);
         let mut answered = false;
         for ch in channels {
-            let (mut cx, conns) = (cx!(self), &mut self.conns);
-            self.parked
-                .on_published(ch.as_ref(), last_seq, conns, &mut cx, &mut steps);
-            answered |= !steps.is_empty();
-            self.apply_all(&mut steps);
+            self.with_parked(|parked, conns, cx, steps| {
+                parked.on_published(ch.as_ref(), last_seq, conns, cx, steps);
+                answered |= !steps.is_empty();
+            });
         }
-        self.steps = steps;
         answered
     }
 
@@ -531,7 +453,10 @@ impl Reactor {
     }
 }
 
+mod admit;
 mod handover;
+
+pub use admit::ACCEPT_BATCH;
 
 #[cfg(test)]
 mod tests;

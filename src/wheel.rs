@@ -130,6 +130,17 @@ impl HoldWheel {
 
     /// `slots` is a power of two; `now` is the current tick (ticks are supplied by the caller:
     /// time is a parameter). Panics on a bad slot count: a start-up configuration error.
+    /// A wheel at `now_ms` whose one revolution covers the longest hold (`max_hold_secs`), so a
+    /// tick walks only due timers; capped at 2^16 slots so a huge --max-hold does not allocate
+    /// a huge wheel (later revolutions are still correct).
+    pub fn for_holds(max_hold_secs: u64, now_ms: u64) -> Self {
+        let max_hold_ticks = tick_up(max_hold_secs.saturating_mul(1000)) as usize;
+        let slots = (max_hold_ticks + 1)
+            .next_power_of_two()
+            .clamp(1024, 1 << 16);
+        Self::new(slots, tick_up(now_ms))
+    }
+
     pub fn new(slots: usize, now: u32) -> Self {
         assert!(
             slots.is_power_of_two() && slots <= Self::MAX_SLOTS,
