@@ -5,7 +5,7 @@
 //!
 //! The EMFILE server is a `common::Server` whose open-file limit is lowered in the child
 //! between fork and exec, with `setrlimit` in a `pre_exec` hook passed to
-//! `Server::start_in_with`. While its descriptors are exhausted it cannot accept a new
+//! `Server::start_wrapped`. While its descriptors are exhausted it cannot accept a new
 //! publisher connection, so its stats are read over one publisher connected beforehand.
 //!
 //! Invariants: counts and waits are bounded; the CPU check compares the server's CPU time with
@@ -122,7 +122,7 @@ impl Starved {
     fn start(nofile: libc::rlim_t, args: &[&str]) -> Starved {
         let dir = TempDir::new();
         let socket = dir.join("pnsd.sock");
-        let server = Server::start_in_with(dir, socket, &[], args, |cmd| {
+        let server = Server::start_wrapped(&[], dir, socket, &[], args, |cmd| {
             // SAFETY: the hook runs in the forked child before exec and only calls
             // setrlimit(2), which is async-signal-safe; it touches no memory shared with the
             // parent.

@@ -173,7 +173,7 @@ fn a_role_not_passed_is_bound_from_its_option_and_foreign_listen_vars_are_ignore
     // LISTEN_* meant for another process (LISTEN_PID is not pnsd's) are ignored: pnsd binds.
     let dir = TempDir::new();
     let own = dir.join("pnsd.sock");
-    let foreign = Server::start_in_with(dir, own, &[], &[], |cmd| {
+    let foreign = Server::start_wrapped(&[], dir, own, &[], &[], |cmd| {
         cmd.env("LISTEN_PID", "1")
             .env("LISTEN_FDS", "1")
             .env("LISTEN_FDNAMES", "http");

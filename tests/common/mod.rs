@@ -112,23 +112,13 @@ impl Server {
     /// Like [`Server::start_full`] with a caller-chosen dir and socket path (used to test
     /// stale socket files).
     pub fn start_in(dir: TempDir, socket: PathBuf, before: &[&str], args: &[&str]) -> Server {
-        Server::start_in_with(dir, socket, before, args, |_| {})
+        Server::start_wrapped(&[], dir, socket, before, args, |_| {})
     }
 
-    /// Like [`Server::start_in`], with `configure` applied to the command before it is
-    /// spawned (e.g. a `pre_exec` hook). Its working dir and stdio are set afterwards: the
-    /// startup line and `stderr.log` depend on them.
-    pub fn start_in_with(
-        dir: TempDir,
-        socket: PathBuf,
-        before: &[&str],
-        args: &[&str],
-        configure: impl FnOnce(&mut Command),
-    ) -> Server {
-        Server::start_wrapped(&[], dir, socket, before, args, configure)
-    }
-
-    /// Like [`Server::start_in_with`], run through `wrapper` (see [`pnsd_command`]).
+    /// Like [`Server::start_in`], run through `wrapper` (see [`pnsd_command`]; none: `&[]`),
+    /// with `configure` applied to the command before it is spawned (e.g. a `pre_exec` hook).
+    /// Its working dir and stdio are set afterwards: the startup line and `stderr.log` depend
+    /// on them.
     pub fn start_wrapped(
         wrapper: &[&str],
         dir: TempDir,
