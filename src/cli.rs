@@ -108,6 +108,10 @@ const SERVE_USAGE: Usage = Usage {
             "sessions held at once; a registration beyond is refused [1000000]",
         ),
         (
+            "--state-file PATH",
+            "drain writes the store here; start continues it (same epoch) [none]",
+        ),
+        (
             "--redis URL",
             "fleet mode: one log in Redis, redis://[user:pass@]host:port[/db] or redis+unix:///path [none]",
         ),
@@ -155,6 +159,15 @@ const STATS_USAGE: Usage = Usage {
     ],
 };
 
+const UPGRADE_USAGE: Usage = Usage {
+    synopsis: "pnsd upgrade [--socket PATH]",
+    about: "Hands the running server over to the binary at its path, keeping every connection;\nexit 0 once the new process serves, 1 with the reason otherwise.",
+    options: &[
+        ("--socket PATH", "the server's publish socket [./pnsd.sock]"),
+        ("-h, --help", "print this and exit"),
+    ],
+};
+
 const TOKEN_USAGE: Usage = Usage {
     synopsis:
         "pnsd token --secret-file PATH --channel C [--channel C2 ...] [--ttl SECS] [--sub ID]",
@@ -190,10 +203,16 @@ impl Usage {
 
 /// `pnsd --help`: every subcommand's usage.
 fn full_usage() -> String {
-    let parts: Vec<String> = [SERVE_USAGE, PUBLISH_USAGE, STATS_USAGE, TOKEN_USAGE]
-        .iter()
-        .map(Usage::text)
-        .collect();
+    let parts: Vec<String> = [
+        SERVE_USAGE,
+        PUBLISH_USAGE,
+        STATS_USAGE,
+        UPGRADE_USAGE,
+        TOKEN_USAGE,
+    ]
+    .iter()
+    .map(Usage::text)
+    .collect();
     format!(
         "pnsd {}: a long-polling push server.\n\n{}\nusage: pnsd --version\n",
         env!("CARGO_PKG_VERSION"),
@@ -204,7 +223,8 @@ fn full_usage() -> String {
 /// A parsed command.
 #[derive(Debug)]
 pub enum Cmd {
-    Serve(Config),
+    /// Boxed: the configuration is far larger than the other commands.
+    Serve(Box<Config>),
     Publish {
         socket: PathBuf,
         kind: Option<i64>,
@@ -212,6 +232,9 @@ pub enum Cmd {
         data: String,
     },
     Stats {
+        socket: PathBuf,
+    },
+    Upgrade {
         socket: PathBuf,
     },
     Token {
@@ -262,6 +285,7 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Cmd, String> {
         Some("serve") => parse_serve(&mut rest(&mut args)),
         Some("publish") => parse_publish(&mut rest(&mut args)),
         Some("stats") => parse_stats(&mut rest(&mut args)),
+        Some("upgrade") => parse_upgrade(&mut rest(&mut args)),
         Some("token") => parse_token(&mut rest(&mut args)),
         Some("--help") | Some("-h") | Some("help") => Ok(Cmd::Help(full_usage())),
         Some("--version") | Some("-V") => Ok(Cmd::Version),
@@ -361,6 +385,7 @@ fn parse_serve(p: &mut lexopt::Parser) -> Result<Cmd, String> {
                 c.max_publishers = num("--max-publishers", p.value().map_err(err)?)?
             }
             Long("secret-file") => c.secret_file = Some(p.value().map_err(err)?.into()),
+            Long("state-file") => c.state_file = Some(p.value().map_err(err)?.into()),
             Long("allow-anonymous") => c.allow_anonymous = true,
             Long("cors-origin") => {
                 let o = text("--cors-origin", p.value().map_err(err)?)?;
@@ -474,7 +499,7 @@ fn parse_serve(p: &mut lexopt::Parser) -> Result<Cmd, String> {
             ));
         }
     }
-    Ok(Cmd::Serve(c))
+    Ok(Cmd::Serve(Box::new(c)))
 }
 
 fn parse_publish(p: &mut lexopt::Parser) -> Result<Cmd, String> {
@@ -507,6 +532,18 @@ fn parse_publish(p: &mut lexopt::Parser) -> Result<Cmd, String> {
         channel,
         data,
     })
+}
+
+fn parse_upgrade(p: &mut lexopt::Parser) -> Result<Cmd, String> {
+    let mut socket = PathBuf::from(DEFAULT_PUBLISH_SOCKET);
+    while let Some(arg) = p.next().map_err(err)? {
+        match arg {
+            Long("help") | Short('h') => return Ok(Cmd::Help(UPGRADE_USAGE.text())),
+            Long("socket") => socket = p.value().map_err(err)?.into(),
+            other => return Err(other.unexpected().to_string()),
+        }
+    }
+    Ok(Cmd::Upgrade { socket })
 }
 
 fn parse_stats(p: &mut lexopt::Parser) -> Result<Cmd, String> {
@@ -582,7 +619,7 @@ pub fn main() -> i32 {
         Cmd::Serve(config) => {
             env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
                 .init();
-            match crate::server::serve(config) {
+            match crate::server::serve(*config) {
                 Ok(()) => 0,
                 Err(e) => {
                     eprintln!("pnsd: {}", e.message());
@@ -597,6 +634,7 @@ pub fn main() -> i32 {
             data,
         } => client::publish(&socket, kind, &channel, &data),
         Cmd::Stats { socket } => client::stats(&socket),
+        Cmd::Upgrade { socket } => client::upgrade(&socket),
         Cmd::Token {
             secret_file,
             channels,
@@ -616,7 +654,7 @@ mod tests {
 
     fn serve(s: &str) -> Config {
         match parse_str(s) {
-            Ok(Cmd::Serve(c)) => c,
+            Ok(Cmd::Serve(c)) => *c,
             other => panic!("{s}: {other:?}"),
         }
     }

@@ -1,5 +1,5 @@
-//! The small clients: `pnsd publish`, `pnsd stats` (one line each over the publish socket)
-//! and `pnsd token` (mints a subscriber token).
+//! The small clients: `pnsd publish`, `pnsd stats`, `pnsd upgrade` (one line each over the
+//! publish socket) and `pnsd token` (mints a subscriber token).
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -10,13 +10,19 @@ use crate::token::{self, Secret};
 
 /// How long a client waits for the server's answer line.
 const ANSWER_WAIT: Duration = Duration::from_secs(10);
+/// How long `pnsd upgrade` waits: the server's own take-over deadline
+/// (`upgrade::TAKEOVER_WAIT`) plus time to freeze and to thaw after a failure.
+const UPGRADE_WAIT: Duration = Duration::from_secs(30);
 
 /// Sends one line and returns the answer line (without its newline).
 fn exchange(socket: &Path, line: &str) -> Result<String, String> {
+    exchange_within(socket, line, ANSWER_WAIT)
+}
+
+fn exchange_within(socket: &Path, line: &str, wait: Duration) -> Result<String, String> {
     let mut s = UnixStream::connect(socket)
         .map_err(|e| format!("cannot connect to {}: {e}", socket.display()))?;
-    s.set_read_timeout(Some(ANSWER_WAIT))
-        .map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(wait)).map_err(|e| e.to_string())?;
     s.write_all(line.as_bytes())
         .and_then(|_| s.write_all(b"\n"))
         .map_err(|e| format!("cannot send to {}: {e}", socket.display()))?;
@@ -71,6 +77,28 @@ pub fn publish(socket: &Path, kind: Option<i64>, channel: &str, data: &str) -> i
 
 pub fn stats(socket: &Path) -> i32 {
     print_answer(exchange(socket, "{\"op\":\"stats\"}"))
+}
+
+/// `pnsd upgrade`: 0 once the new binary has taken over (its answer line on stdout), 1 with the
+/// reason on one stderr line otherwise.
+pub fn upgrade(socket: &Path) -> i32 {
+    let line = match exchange_within(socket, "{\"op\":\"upgrade\"}", UPGRADE_WAIT) {
+        Ok(line) => line,
+        Err(e) => {
+            eprintln!("pnsd: upgrade failed: {e}");
+            return 1;
+        }
+    };
+    let v = serde_json::from_str::<serde_json::Value>(&line).unwrap_or_default();
+    if v["ok"] == serde_json::Value::Bool(true) {
+        println!("{line}");
+        return 0;
+    }
+    match v["error"].as_str() {
+        Some(e) => eprintln!("pnsd: upgrade failed: {e}"),
+        None => eprintln!("pnsd: upgrade failed: {line}"),
+    }
+    1
 }
 
 pub fn token(secret_file: &Path, channels: &[String], ttl: u64, sub: Option<&str>) -> i32 {

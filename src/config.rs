@@ -75,6 +75,8 @@ pub struct Config {
     pub idle_timeout_secs: u64,
     /// `--write-timeout`: seconds a client may take to read its answer.
     pub write_timeout_secs: u64,
+    /// `--state-file`: where the drain writes the server's state and a start reads it.
+    pub state_file: Option<PathBuf>,
     /// `--metrics-listen`: where `GET /metrics` is served (off when `None`).
     pub metrics_listen: Option<SocketAddr>,
     /// `--access-log`: the access log's file, `-` for stderr (off when `None`).
@@ -108,6 +110,7 @@ impl Default for Config {
             head_timeout_secs: DEFAULT_HEAD_TIMEOUT_SECS,
             idle_timeout_secs: DEFAULT_IDLE_TIMEOUT_SECS,
             write_timeout_secs: DEFAULT_WRITE_TIMEOUT_SECS,
+            state_file: None,
             metrics_listen: None,
             access_log: None,
             fleet: None,

@@ -46,6 +46,8 @@ use crate::sockio::{self, ReadEnd};
 use crate::waiters;
 use crate::wheel::{tick_down, tick_up, TimerLink, TimerNodes};
 
+mod image;
+
 /// What a connection reads and writes: a TCP stream, or an in-memory fake in the tests.
 pub trait Transport: Read + Write {}
 impl<T: Read + Write> Transport for T {}

@@ -21,6 +21,7 @@ use crate::config::Config;
 use crate::fleet::FeedState;
 use crate::metrics::ReactorTally;
 use crate::session::Sessions;
+use crate::state::ConnImage;
 use crate::stats::WaitingReply;
 use crate::store::Store;
 use crate::token::Secret;
@@ -133,9 +134,24 @@ pub enum Command {
     /// Session `sid` ended: answer its parked polls 401 `session_ended` (they also wait on
     /// the reserved channel `session::wait_name(sid)`).
     SessionEnded(Arc<str>),
+    /// The upgrade: stop at a safe point, send the reactor's image, and touch no socket until
+    /// `Thaw` (after a failed upgrade; a successful one ends the process instead).
+    Freeze(mpsc::Sender<ReactorImage>),
+    /// Serve again after `Freeze`.
+    Thaw,
     /// Fleet mode: the store took a new epoch (`new_epoch`) or lost entries to a gap: answer
     /// `reset:true`, from the store as it now is, every parked poll whose cursor that voided.
     Reset { new_epoch: bool },
+}
+
+/// One reactor's part of the upgrade image: its listeners' and connections' descriptors and
+/// state.
+#[derive(Debug)]
+pub struct ReactorImage {
+    /// The reactor's index in `Hub::gauges`.
+    pub index: usize,
+    pub listeners: Vec<i32>,
+    pub conns: Vec<ConnImage>,
 }
 
 /// How to reach one reactor.
@@ -173,6 +189,8 @@ pub struct Hub {
     /// One entry per reactor (`config.threads`), by reactor index.
     pub gauges: Box<[ReactorGauges]>,
     pub draining: AtomicBool,
+    /// Processes this server's state has lived in (see `state`): 1 for a fresh store.
+    pub generation: u64,
     /// Fleet mode: the feed's state (link, position, lag), set once at start; health, stats
     /// and `/metrics` (through `metrics::FleetLink`) read it. Unset in local mode.
     pub fleet: OnceLock<Arc<FeedState>>,
@@ -204,10 +222,19 @@ impl Hub {
             counters: Counters::default(),
             gauges,
             draining: AtomicBool::new(false),
+            generation: 1,
             fleet: OnceLock::new(),
             access_log: None,
             store: RwLock::new(store),
         }
+    }
+
+    /// This hub serving a store carried over from an earlier process (`state`), which was
+    /// generation `generation - 1`.
+    pub fn restored(mut self, store: Store, generation: u64) -> Hub {
+        self.store = RwLock::new(store);
+        self.generation = generation;
+        self
     }
 
     /// The store for reading. A poisoned lock (a panic while publishing) still holds a

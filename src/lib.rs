@@ -24,6 +24,10 @@
 //!   protocol (framing, parsing, answer lines), no I/O;
 //! - `ingest`: the one way into the store: appends in short lock holds and wakes the reactors;
 //! - `stats`: the stats figures, gathered from the reactors without blocking, and rendered;
+//! - `state`: the server's state as one versioned image (the store today), the `--state-file`
+//!   written by the drain and read at start;
+//! - `upgrade`: hands the running server to a new binary (a child inheriting the descriptors
+//!   and a state memfd), or serves on unchanged when that fails;
 //! - `systemd`: socket activation (inherited listeners) and sd_notify state messages;
 //! - `stats`: the stats line's figures, gathered from the reactors without blocking, and
 //!   rendered; `metrics`: the same figures and more for Prometheus (`/metrics`, its own thread
@@ -63,10 +67,12 @@ pub mod server;
 pub mod session;
 pub mod sockio;
 pub mod sse;
+pub mod state;
 pub mod stats;
 pub mod store;
 pub mod systemd;
 pub mod token;
+pub mod upgrade;
 pub mod waiters;
 pub mod wheel;
 pub mod xorshift;

@@ -42,6 +42,9 @@ pub enum Request {
     Publish(Publish),
     /// Answer the stats line.
     Stats,
+    /// Hand the server over to the binary at its path (see `upgrade`): answered
+    /// `upgrade_line` by the new process, or an error line by this one.
+    Upgrade,
     /// Register (or replace) a session: `{"op":"session","sid":S,"channels":[...],"ttl":SECS}`.
     Session {
         sid: String,
@@ -70,6 +73,17 @@ pub struct Framer {
 }
 
 impl Framer {
+    /// A framer continuing another's work: `discarding` when that one was inside an overlong
+    /// line (an upgrade carries it, see `state::PublisherImage`).
+    pub fn resuming(discarding: bool) -> Framer {
+        Framer { discarding }
+    }
+
+    /// Inside an overlong line: bytes up to its newline are dropped.
+    pub fn is_discarding(&self) -> bool {
+        self.discarding
+    }
+
     /// The next line of `input[*start..]`, advancing `*start` past it; `None` when no
     /// complete line is left.
     pub fn next<'a>(&mut self, input: &'a [u8], start: &mut usize) -> Option<Frame<'a>> {
@@ -138,6 +152,7 @@ fn request_for_op(op: &str, fields: &Fields) -> Result<Request, String> {
     match op {
         "publish" => publish_fields(fields).map(Request::Publish),
         "stats" => Ok(Request::Stats),
+        "upgrade" => Ok(Request::Upgrade),
         "session" => session_fields(fields),
         "end_session" => Ok(Request::EndSession {
             sid: sid_field(fields)?,
@@ -409,6 +424,13 @@ pub fn ack_line(out: &mut Vec<u8>, id: &str) {
     out.extend_from_slice(b"\"}\n");
 }
 
+/// The answer line of a successful upgrade, written by the process that took over.
+pub fn upgrade_line(out: &mut Vec<u8>, pid: u32, generation: u64) {
+    out.extend_from_slice(
+        format!("{{\"ok\":true,\"pid\":{pid},\"generation\":{generation}}}\n").as_bytes(),
+    );
+}
+
 /// The answer line of a request that succeeded with nothing to report.
 pub fn ok_line(out: &mut Vec<u8>) {
     out.extend_from_slice(b"{\"ok\":true}\n");
@@ -465,6 +487,7 @@ mod tests {
         );
         assert_eq!(publish(r#"{"channel":"a","type":-3,"data":0}"#).1, Some(-3));
         assert_eq!(parse_line(br#"{"op":"stats"}"#), Ok(Request::Stats));
+        assert_eq!(parse_line(br#"{"op":"upgrade"}"#), Ok(Request::Upgrade));
         assert_eq!(
             publish(r#"{"op":"publish","channel":"a","data":true}"#).2,
             "true"

@@ -189,6 +189,17 @@ impl Parked {
         self.waiters.channel_names()
     }
 
+    /// The channels a parked subscriber waits on, in subscription order (for its upgrade image).
+    pub fn channels_of<C: Subscriber>(&self, sub: &C) -> Vec<String> {
+        if sub.waits() == waiters::NIL {
+            return Vec::new();
+        }
+        self.waiters
+            .names_of(sub.waits())
+            .map(|n| n.to_string())
+            .collect()
+    }
+
     /// Links subscriber `key` (just parked) under `channels`.
     pub fn park<C: Subscriber, S: AsRef<str>>(
         &mut self,

@@ -38,6 +38,9 @@ use crate::ingest::{Batch, Ingest};
 use crate::line::{self, Frame, Framer, Request};
 use crate::stats::{PendingStats, STATS_WAIT};
 
+mod image;
+pub use image::{Control, PublishImage};
+
 /// Unsent answers after which a publisher that does not read them is not read either.
 pub const MAX_OUT: usize = 1 << 20;
 /// Bytes read from one publisher per read call, and reads per turn before others get theirs.
@@ -73,6 +76,16 @@ struct PubConn {
     eof: bool,
     /// A stats line is awaited from `stats`; the lines after it wait.
     stats_pending: bool,
+    /// It asked for an upgrade (`upgrade`): the lines after it wait for the answer, written
+    /// by the new process or, after a failure, by this one.
+    asked_upgrade: bool,
+}
+
+impl PubConn {
+    /// Its next line waits for an answer from elsewhere (stats replies, the upgrade).
+    fn waits_for_answer(&self) -> bool {
+        self.stats_pending || self.asked_upgrade
+    }
 }
 
 /// See the module documentation.
@@ -85,6 +98,10 @@ pub struct Publisher {
     max_publishers: usize,
     refused: Vec<(UnixStream, Instant)>,
     drain: Receiver<()>,
+    /// Freeze and thaw around an upgrade (`image`).
+    control: Receiver<Control>,
+    /// Connections to serve at the first turn (carried over by an upgrade).
+    adopted: Vec<usize>,
     /// The one read buffer of this thread, zeroed once; bytes read are appended to the
     /// publisher's input, so a read costs no per-call zeroing or allocation.
     scratch: Box<[u8]>,
@@ -94,9 +111,11 @@ pub struct Publisher {
     fleet: Option<FleetRoute>,
 }
 
-/// How the main thread reaches the publish thread: a drain request.
+/// How the main thread reaches the publish thread: a drain request, the upgrade's freeze and
+/// thaw.
 pub struct PublisherLink {
     pub drain: mpsc::Sender<()>,
+    pub control: mpsc::Sender<Control>,
     pub waker: Arc<mio::Waker>,
 }
 
@@ -110,6 +129,7 @@ impl Publisher {
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let (tx, rx) = mpsc::channel();
+        let (control_tx, control) = mpsc::channel();
         let hub = ingest.hub();
         let next_sweep = hub.clock.now_ms() + SWEEP_MS;
         let max_publishers = hub.config.max_publishers;
@@ -123,12 +143,18 @@ impl Publisher {
                 max_publishers,
                 refused: Vec::new(),
                 drain: rx,
+                control,
+                adopted: Vec::new(),
                 scratch: vec![0; READ_CHUNK].into_boxed_slice(),
                 next_sweep,
                 accept_backoff: AcceptBackoff::default(),
                 fleet: None,
             },
-            PublisherLink { drain: tx, waker },
+            PublisherLink {
+                drain: tx,
+                control: control_tx,
+                waker,
+            },
         ))
     }
 
@@ -140,7 +166,7 @@ impl Publisher {
     /// Runs until drained.
     pub fn run(mut self) {
         let mut events = Events::with_capacity(256);
-        let mut again: Vec<usize> = Vec::new();
+        let mut again: Vec<usize> = std::mem::take(&mut self.adopted);
         let ingest = self.ingest.clone();
         loop {
             if let Err(e) = self.poll.poll(&mut events, Some(self.timeout(&again))) {
@@ -196,6 +222,9 @@ impl Publisher {
                 }
                 Err(TryRecvError::Empty) => {}
             }
+            if let Ok(Control::Freeze(reply)) = self.control.try_recv() {
+                self.freeze(reply, &mut again);
+            }
         }
     }
 
@@ -247,6 +276,7 @@ impl Publisher {
                             readable: true,
                             eof: false,
                             stats_pending: false,
+                            asked_upgrade: false,
                         });
                     }
                 }
@@ -305,12 +335,12 @@ impl Publisher {
                 self.close(key);
                 return false;
             }
-            if c.eof && !c.stats_pending && c.out_pos == c.out.len() {
+            if c.eof && !c.waits_for_answer() && c.out_pos == c.out.len() {
                 // An unterminated last line is discarded, never published.
                 self.close(key);
                 return false;
             }
-            if c.stats_pending || c.out.len() - c.out_pos > MAX_OUT || !c.readable || c.eof {
+            if c.waits_for_answer() || c.out.len() - c.out_pos > MAX_OUT || !c.readable || c.eof {
                 return false;
             }
             if reads == READS_PER_TURN {
@@ -337,7 +367,7 @@ impl Publisher {
         let Some(c) = self.conns.get_mut(key) else {
             return;
         };
-        if c.stats_pending {
+        if c.waits_for_answer() {
             return;
         }
         let mut start = 0;
@@ -377,6 +407,17 @@ impl Publisher {
                     c.stats_pending = true;
                     break;
                 }
+                Ok(Request::Upgrade) => {
+                    // The main thread runs the upgrade (as for SIGUSR2) and freezes this
+                    // thread; the answer comes from the process that serves afterwards.
+                    c.asked_upgrade = true;
+                    if let Err(e) = signal_hook::low_level::raise(libc::SIGUSR2) {
+                        c.asked_upgrade = false;
+                        line::error_line(&mut c.out, &format!("cannot start the upgrade: {e}"));
+                        continue;
+                    }
+                    break;
+                }
                 Ok(Request::Session {
                     sid,
                     channels,
@@ -410,7 +451,7 @@ impl Publisher {
         }
         batch.release();
         c.input.drain(..start);
-        if !c.stats_pending {
+        if !c.waits_for_answer() {
             c.framer.keep_tail(&mut c.input);
         }
         // A burst or a long line grew the buffer; an idle publisher keeps at most a read's worth.

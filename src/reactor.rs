@@ -442,24 +442,7 @@ impl Reactor {
         // Bounded by what was queued: the publish thread sends at most one command per batch.
         loop {
             match self.commands.try_recv() {
-                Ok(Command::Published {
-                    last_seq,
-                    channels,
-                    accepted,
-                }) => self.on_published(last_seq, &channels, accepted),
-                Ok(Command::WaitingChannels(reply)) => {
-                    let _ = reply.send(self.parked.channel_names().map(Box::from).collect());
-                }
-                Ok(Command::SessionEnded(sid)) => {
-                    let mut steps = std::mem::take(&mut self.steps);
-                    let (mut cx, conns) = (cx!(self), &mut self.conns);
-                    self.parked
-                        .on_session_ended(&sid, conns, &mut cx, &mut steps);
-                    self.apply_all(&mut steps);
-                    self.steps = steps;
-                }
-                Ok(Command::Drain) => self.drain(),
-                Ok(Command::Reset { new_epoch }) => self.reset_parked(new_epoch),
+                Ok(cmd) => self.command(cmd),
                 Err(TryRecvError::Empty) => return,
                 Err(TryRecvError::Disconnected) => {
                     if self.drain_until.is_none() {
@@ -468,6 +451,31 @@ impl Reactor {
                     return;
                 }
             }
+        }
+    }
+
+    fn command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Published {
+                last_seq,
+                channels,
+                accepted,
+            } => self.on_published(last_seq, &channels, accepted),
+            Command::WaitingChannels(reply) => {
+                let _ = reply.send(self.parked.channel_names().map(Box::from).collect());
+            }
+            Command::SessionEnded(sid) => {
+                let mut steps = std::mem::take(&mut self.steps);
+                let (mut cx, conns) = (cx!(self), &mut self.conns);
+                self.parked
+                    .on_session_ended(&sid, conns, &mut cx, &mut steps);
+                self.apply_all(&mut steps);
+                self.steps = steps;
+            }
+            Command::Drain => self.drain(),
+            Command::Reset { new_epoch } => self.reset_parked(new_epoch),
+            Command::Freeze(reply) => self.freeze(reply),
+            Command::Thaw => {}
         }
     }
 
@@ -490,19 +498,25 @@ impl Reactor {
     /// Wakes the polls parked on `channels`; if any was answered, observes the fan-out time
     /// (accepted by `ingest` → the last answer handed to the kernel, see `metrics`).
     fn on_published(&mut self, last_seq: u64, channels: &[Box<str>], accepted: Instant) {
+        if self.wake(last_seq, channels) {
+            self.observer.fanout(&self.hub, accepted.elapsed());
+        }
+    }
+
+    /// Wakes the subscribers parked on `channels`, where messages up to `last_seq` are; true
+    /// when any was answered.
+    fn wake<S: AsRef<str>>(&mut self, last_seq: u64, channels: &[S]) -> bool {
         let mut steps = std::mem::take(&mut self.steps);
         let mut answered = false;
-        for ch in channels.iter() {
+        for ch in channels {
             let (mut cx, conns) = (cx!(self), &mut self.conns);
             self.parked
-                .on_published(ch, last_seq, conns, &mut cx, &mut steps);
+                .on_published(ch.as_ref(), last_seq, conns, &mut cx, &mut steps);
             answered |= !steps.is_empty();
             self.apply_all(&mut steps);
         }
         self.steps = steps;
-        if answered {
-            self.observer.fanout(&self.hub, accepted.elapsed());
-        }
+        answered
     }
 
     /// Section 6: stop accepting, answer every parked poll c=0 without advancing its cursor,
@@ -516,6 +530,8 @@ impl Reactor {
         self.due(&keys, true);
     }
 }
+
+mod handover;
 
 #[cfg(test)]
 #[path = "reactor_tests.rs"]

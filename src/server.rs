@@ -17,6 +17,12 @@
 //! `--publish-socket`), a role it does not pass is bound as usual. An inherited publish socket
 //! belongs to the socket unit: its path is never replaced, chmod-ed or removed. The startup line
 //! names what is really served (getsockname), inherited or bound, and `READY=1` follows it.
+//!
+//! A process started by an upgrade (`upgrade`) binds nothing: its listeners and connections
+//! come from the state image (`carried`), its store and sessions from the image too, and it
+//! reports "taken over" to the previous process once its threads run. SIGUSR2 (or the
+//! `upgrade` op, which raises it) runs an upgrade from the signal loop; a failed one leaves
+//! this process serving and the loop waiting for the next signal.
 
 use std::fs;
 use std::io::{self, Write as _};
@@ -43,8 +49,14 @@ use crate::ingest::Ingest;
 use crate::metrics::MetricsServer;
 use crate::publish::Publisher;
 use crate::reactor::{Reactor, DRAIN_MS, WAKER};
+use crate::state::{self, SocketFileImage};
+use crate::store::Store;
 use crate::systemd;
 use crate::token::Secret;
+use crate::upgrade::{self, Running, Upgrader};
+
+mod carried;
+use carried::{adopt, carried_listeners};
 
 /// Pending connections the kernel may queue per listener (clamped by net.core.somaxconn).
 pub const LISTEN_BACKLOG: i32 = 65_535;
@@ -113,6 +125,24 @@ impl BoundSocketFile {
     fn is_still_ours(&self) -> bool {
         fs::symlink_metadata(&self.path)
             .is_ok_and(|m| m.file_type().is_socket() && m.dev() == self.dev && m.ino() == self.ino)
+    }
+}
+
+impl BoundSocketFile {
+    fn image(&self) -> SocketFileImage {
+        SocketFileImage {
+            path: self.path.clone(),
+            dev: self.dev,
+            ino: self.ino,
+        }
+    }
+
+    fn from_image(image: &SocketFileImage) -> BoundSocketFile {
+        BoundSocketFile {
+            path: image.path.clone(),
+            dev: image.dev,
+            ino: image.ino,
+        }
     }
 }
 
@@ -332,8 +362,13 @@ fn wait_for_the_log(state: &FeedState) {
 
 /// Runs the server until a signal's drain completes. Returns the exit status.
 pub fn serve(config: Config) -> Result<(), StartError> {
-    // First, while this is the only thread: it unsets LISTEN_* in the environment.
-    let inherited = systemd::take_listen_fds().map_err(StartError::Runtime)?;
+    // First, while this is the only thread: both unset variables of the environment.
+    let upgrader = Upgrader::at_start();
+    let mut inheritance = upgrade::inherited().map_err(StartError::Runtime)?;
+    let inherited = match inheritance {
+        Some(_) => systemd::Inherited::default(),
+        None => systemd::take_listen_fds().map_err(StartError::Runtime)?,
+    };
     let secret = match &config.secret_file {
         Some(p) => Some(Secret::from_file(p).map_err(|e| {
             // A missing, unreadable or empty key file is a run-time failure (exit 1).
@@ -345,13 +380,23 @@ pub fn serve(config: Config) -> Result<(), StartError> {
     let max_connections = config
         .max_connections
         .unwrap_or_else(|| default_max_connections(nofile));
-    let signals = signal_hook::iterator::Signals::new([libc::SIGTERM, libc::SIGINT])
+    let signals = signal_hook::iterator::Signals::new([libc::SIGTERM, libc::SIGINT, libc::SIGUSR2])
         .map_err(|e| StartError::Runtime(format!("cannot install signal handlers: {e}")))?;
 
     // `socket_file` removes the path when `serve` returns, on every failed start too (never an
     // inherited socket's path: it is `None` then).
-    let (publish_listener, socket_file, socket_path) = publish_socket(&config, inherited.publish)?;
-    let (listeners, addrs) = http_listeners(&config, inherited.http)?;
+    let live = inheritance.as_ref().and_then(|i| i.state.live.as_ref());
+    let (publish_listener, socket_file, socket_path, listeners, addrs) = match live {
+        Some(live) => carried_listeners(live, config.threads)?,
+        None => {
+            let (l, file, path) = publish_socket(&config, inherited.publish)?;
+            let (listeners, addrs) = http_listeners(&config, inherited.http)?;
+            (l, file, path, listeners, addrs)
+        }
+    };
+
+    // Not carried by an upgrade: bound again (SO_REUSEPORT lets the new process bind while the
+    // old one still holds it; a scrape waiting in the old backlog is lost).
     let metrics_listener = match config.metrics_listen {
         Some(addr) => Some(bind_listener(addr).map_err(|e| {
             StartError::Runtime(format!("cannot listen on --metrics-listen {addr}: {e}"))
@@ -366,11 +411,41 @@ pub fn serve(config: Config) -> Result<(), StartError> {
     };
 
     let threads = config.threads;
+    let state_file = config.state_file.clone();
     let mut hub = Hub::new(config, max_connections, secret, cursor::random_epoch());
     hub.access_log = access_log;
+    if let Some(i) = &inheritance {
+        let c = &hub.config;
+        let ttl_ms = c.message_ttl_secs.saturating_mul(1000);
+        let (buffer, max_channels) = (c.buffer, c.max_channels);
+        let (image, age, now_ms) = (i.state.store.clone(), i.state.age_ms(), hub.clock.now_ms());
+        let store = Store::restore(image, buffer, ttl_ms, max_channels, now_ms, age)
+            .map_err(|e| StartError::Runtime(format!("upgrade state refused: {e}")))?;
+        hub.sessions.restore(i.state.sessions.clone(), now_ms, age);
+        if hub.config.fleet.is_some() {
+            // Fleet mode: the store is the log's, read again by this process's feed before
+            // anything is served (as at any node's start): same epoch, nothing missed.
+            hub.generation = i.state.generation + 1;
+        } else {
+            hub = hub.restored(store, i.state.generation + 1);
+        }
+    } else if let (Some(path), Some(_)) = (&state_file, &hub.config.fleet) {
+        warn!(
+            "--state-file {} is not read in fleet mode: the log in Redis is the state",
+            path.display()
+        );
+    } else if let Some(path) = &state_file {
+        let c = &hub.config;
+        let now_ms = hub.clock.now_ms();
+        let ttl_ms = c.message_ttl_secs.saturating_mul(1000);
+        if let Some(go_on) = state::load_store(path, c.buffer, ttl_ms, c.max_channels, now_ms) {
+            hub.sessions.restore(go_on.sessions, now_ms, go_on.age_ms);
+            hub = hub.restored(go_on.store, go_on.generation);
+        }
+    }
     let hub = Arc::new(hub);
     let mut links = Vec::with_capacity(threads);
-    let mut reactors = Vec::with_capacity(threads);
+    let mut reactors: Vec<Reactor> = Vec::with_capacity(threads);
     for (i, l) in listeners.into_iter().enumerate() {
         let setup = || -> io::Result<(Reactor, ReactorLink)> {
             let poll = Poll::new()?;
@@ -408,6 +483,9 @@ pub fn serve(config: Config) -> Result<(), StartError> {
         }
         None => None,
     };
+    if let Some(live) = inheritance.as_mut().and_then(|i| i.state.live.take()) {
+        adopt(live, &mut reactors, &mut publisher, hub.generation)?;
+    }
 
     let metrics = match metrics_listener {
         Some(l) => {
@@ -461,12 +539,31 @@ pub fn serve(config: Config) -> Result<(), StartError> {
         hub.config.store_name()
     );
     let _ = io::stdout().flush();
+    if let Some(i) = inheritance {
+        i.report_taken_over();
+        systemd::mainpid(std::process::id());
+        info!("took over generation {}", hub.generation);
+    }
     systemd::ready();
     info!("max connections {max_connections}, open-file limit {nofile}");
 
     let mut signals = signals;
-    if let Some(sig) = signals.forever().next() {
-        info!("signal {sig}: draining");
+    let running = Running {
+        hub: &hub,
+        reactors: &links,
+        publisher: &publisher_link,
+        socket_file: socket_file.as_ref().map(BoundSocketFile::image),
+    };
+    for sig in signals.forever() {
+        if sig != libc::SIGUSR2 {
+            info!("signal {sig}: draining");
+            break;
+        }
+        info!("upgrade requested");
+        match upgrade::upgrade(&upgrader, &running) {
+            Ok(_) => upgrade::leave(),
+            Err(why) => warn!("upgrade failed, serving on: {why}"),
+        }
     }
     systemd::stopping();
     let started = Instant::now();
@@ -489,6 +586,9 @@ pub fn serve(config: Config) -> Result<(), StartError> {
     }
     if handles.iter().any(|h| !h.is_finished()) {
         warn!("drain did not finish in time; exiting anyway");
+    }
+    if let (Some(path), None) = (&state_file, &hub.config.fleet) {
+        state::save(&hub, path);
     }
     drop(socket_file);
     Ok(())

@@ -37,6 +37,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use slab::Slab;
 
+mod image;
+pub use image::SessionImage;
+
 /// Longest sid in bytes: the seed's session ids are short; 128 bytes hold any random id.
 pub const MAX_SID_LEN: usize = 128;
 /// Longest session TTL: a day, like the other timeouts.

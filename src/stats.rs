@@ -47,6 +47,11 @@ pub struct Figures {
     pub store: String,
     /// Fleet mode: the feed's link and position (`redis_*` fields).
     pub fleet: Option<FeedStats>,
+    /// This process's id: it changes with each upgrade.
+    pub pid: u32,
+    /// Processes this state has lived in: 1 at a first start, +1 per upgrade or state-file
+    /// restart (see `state`).
+    pub generation: u64,
 }
 
 impl Figures {
@@ -54,7 +59,7 @@ impl Figures {
     pub fn write_line(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(
             format!(
-                "{{\"ok\":true,\"connections\":{},\"parked\":{},\"channels\":{},\"messages\":{},\"published\":{},\"delivered\":{},\"sessions\":{},\"streams\":{},\"store\":",
+                "{{\"ok\":true,\"connections\":{},\"parked\":{},\"channels\":{},\"messages\":{},\"published\":{},\"delivered\":{},\"sessions\":{},\"streams\":{},\"pid\":{},\"generation\":{},\"store\":",
                 self.connections,
                 self.parked,
                 self.channels,
@@ -63,6 +68,8 @@ impl Figures {
                 self.delivered,
                 self.sessions,
                 self.streams,
+                self.pid,
+                self.generation,
             )
             .as_bytes(),
         );
@@ -252,6 +259,8 @@ fn figures(hub: &Hub, counted: &Counted, waiting: &HashSet<Box<str>>) -> Figures
         delivered: counted.delivered,
         store: hub.config.store_name().to_string(),
         fleet: hub.feed().map(FeedState::stats),
+        pid: std::process::id(),
+        generation: hub.generation,
     }
 }
 
@@ -296,11 +305,13 @@ mod tests {
             streams: 8,
             store: "local".into(),
             fleet: None,
+            pid: 9,
+            generation: 10,
         }
         .write_line(&mut out);
         assert_eq!(
             out,
-            b"{\"ok\":true,\"connections\":1,\"parked\":2,\"channels\":3,\"messages\":4,\"published\":5,\"delivered\":6,\"sessions\":7,\"streams\":8,\"store\":\"local\"}\n"
+            b"{\"ok\":true,\"connections\":1,\"parked\":2,\"channels\":3,\"messages\":4,\"published\":5,\"delivered\":6,\"sessions\":7,\"streams\":8,\"pid\":9,\"generation\":10,\"store\":\"local\"}\n"
         );
         let mut out = Vec::new();
         let fleet = FeedStats {

@@ -56,6 +56,9 @@ use std::sync::Arc;
 
 use crate::cursor;
 
+mod image;
+pub use image::{ChannelImage, MessageImage, StoreImage};
+
 /// Maxima of forgotten channels' `evicted_upto`, by hash of the name: 32 KiB whatever the
 /// number of names ever used, and few enough collisions that a cursor older than the TTL on a
 /// recreated channel is rarely reset because of another channel.
@@ -69,6 +72,29 @@ const SHRINK_MAX_CAPACITY: usize = 1 << 16;
 /// Expired entries a refused-looking publish sweeps before giving up: enough to free room when
 /// the sweep is merely behind, small enough to keep that publish's lock hold short.
 const SWEEP_BEFORE_REFUSING: usize = 1024;
+
+/// The forgotten bucket of `name`: seeded FNV-1a, not std's hasher, whose algorithm may change
+/// between the Rust releases that built two binaries sharing a state image. A crafted name only
+/// costs spurious resets on its bucket.
+fn bucket_of(seed: u64, name: &str) -> usize {
+    /// FNV-1a's 64-bit offset basis and prime.
+    const BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut h = BASIS;
+    for b in seed.to_le_bytes().iter().chain(name.as_bytes()) {
+        h = (h ^ u64::from(*b)).wrapping_mul(PRIME);
+    }
+    (h % FORGOTTEN_BUCKETS as u64) as usize
+}
+
+/// A message's encoded object up to its channel name: `{"id":"CURSOR","channel":`.
+fn message_head(epoch: u64, seq: u64) -> Box<str> {
+    let mut head = String::with_capacity(24 + cursor::MAX_LEN);
+    head.push_str("{\"id\":\"");
+    cursor::encode_into(&mut head, epoch, seq);
+    head.push_str("\",\"channel\":");
+    head.into_boxed_str()
+}
 
 /// A published message, encoded once as the JSON object of an answer's `msg` array except for
 /// the channel name, which depends on the poll (the first of its channels the poll subscribes to).
@@ -228,7 +254,9 @@ pub struct Store {
     retiring: Option<HashMap<Arc<str>, ChannelBuffer>>,
     due: BinaryHeap<Due>,
     forgotten: Box<[u64]>,
-    hasher: RandomState,
+    /// Seed of `bucket`: random per store, carried with the state image (`image`) so a
+    /// restored store finds its forgotten channels in the same buckets.
+    bucket_seed: u64,
     published: u64,
     messages: usize,
 }
@@ -249,7 +277,7 @@ impl Store {
             retiring: None,
             due: BinaryHeap::new(),
             forgotten: vec![0; FORGOTTEN_BUCKETS].into_boxed_slice(),
-            hasher: RandomState::new(),
+            bucket_seed: RandomState::new().hash_one(FORGOTTEN_BUCKETS),
             published: 0,
             messages: 0,
         }
@@ -269,7 +297,7 @@ impl Store {
     }
 
     fn bucket(&self, name: &str) -> usize {
-        (self.hasher.hash_one(name) as usize) % FORGOTTEN_BUCKETS
+        bucket_of(self.bucket_seed, name)
     }
 
     /// Channel `name`, for reading.
@@ -406,10 +434,6 @@ impl Store {
         self.messages += 1;
         let expires_ms = expires_ms.max(self.last_expires_ms);
         self.last_expires_ms = expires_ms;
-        let mut head = String::with_capacity(24 + cursor::MAX_LEN);
-        head.push_str("{\"id\":\"");
-        cursor::encode_into(&mut head, self.epoch, seq);
-        head.push_str("\",\"channel\":");
         let mut tail = String::with_capacity(data.len() + 32);
         if let Some(k) = kind {
             tail.push_str(",\"type\":");
@@ -423,7 +447,7 @@ impl Store {
             held: AtomicU32::new(channels.len() as u32),
             channels,
             expires_ms,
-            head: head.into_boxed_str(),
+            head: message_head(self.epoch, seq),
             tail: tail.into_boxed_str(),
         });
         for name in msg.channels.iter() {

@@ -17,7 +17,7 @@ use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::MetadataExt;
-use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -231,40 +231,6 @@ fn bad_socket_activation_is_one_line_and_exit_1() {
             !socket_arg.exists(),
             "bound --publish-socket after a refusal"
         );
-    }
-}
-
-/// A notify socket in `dir` (named as `NOTIFY_SOCKET`) with a bounded `next`.
-struct NotifySocket {
-    sock: UnixDatagram,
-    path: PathBuf,
-}
-
-impl NotifySocket {
-    fn bind(dir: &TempDir) -> NotifySocket {
-        let path = dir.join("notify.sock");
-        let sock = UnixDatagram::bind(&path).expect("bind notify socket");
-        sock.set_read_timeout(Some(DEADLINE)).expect("timeout");
-        NotifySocket { sock, path }
-    }
-
-    /// The next datagram, waiting at most [`DEADLINE`].
-    fn next(&self) -> String {
-        let mut buf = [0u8; 1024];
-        let n = self
-            .sock
-            .recv(&mut buf)
-            .unwrap_or_else(|e| panic!("no notification within {DEADLINE:?}: {e}"));
-        String::from_utf8_lossy(&buf[..n]).into_owned()
-    }
-
-    /// A datagram already queued, if any.
-    fn pending(&self) -> Option<String> {
-        self.sock.set_nonblocking(true).expect("nonblocking");
-        let mut buf = [0u8; 1024];
-        let got = self.sock.recv(&mut buf).ok();
-        self.sock.set_nonblocking(false).expect("blocking");
-        got.map(|n| String::from_utf8_lossy(&buf[..n]).into_owned())
     }
 }
 

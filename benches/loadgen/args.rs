@@ -28,6 +28,8 @@ fn default_client_threads() -> usize {
 /// slowest subscriber, half the 64-message buffer both pnsd and nchan keep in `peers.sh`, so no
 /// server is pushed into dropping messages. 0 turns the hold off.
 const DEFAULT_REPOLL_LAG: u64 = 32;
+/// Upgrades in a row of the upgrade scenario (the issue's "3 times in a row").
+const DEFAULT_UPGRADES: usize = 3;
 /// Messages for ingest: long enough (about a second at 100k/s) to amortise start-up.
 const DEFAULT_MESSAGES: u64 = 100_000;
 
@@ -35,7 +37,7 @@ const DEFAULT_MESSAGES: u64 = 100_000;
 pub const USAGE: &str =
     "loadgen: usage: cargo bench --bench loadgen -- [--target pnsd|nchan|jetty] \
 [--addr HOST:PORT]... [--publish-socket PATH] [--publish-url URL] [--pid PID]... \
-[--scenario density|fanout|repoll|ingest|idle|fleet|all] [--conns N] [--rounds N] [--repoll-clients N] \
+[--scenario density|fanout|repoll|ingest|idle|fleet|upgrade|all] [--upgrades N] [--conns N] [--rounds N] [--repoll-clients N] \
 [--client-threads N] [--repoll-lag N] [--seconds N] [--messages N] [--json PATH] [--label NAME] (see benches/loadgen/README.md)";
 
 /// Which server dialect to speak.
@@ -66,6 +68,8 @@ pub enum Scenario {
     Idle,
     /// Density, fan-out and ingest: the fleet comparison (`benches/fleet.sh`).
     Fleet,
+    /// Not part of `All`: it replaces the server process (pnsd only).
+    Upgrade,
     All,
 }
 
@@ -99,6 +103,10 @@ pub struct Options {
     pub messages: u64,
     pub json: Option<PathBuf>,
     pub label: String,
+    /// Upgrades of the upgrade scenario.
+    pub upgrades: usize,
+    /// Polls other crowds keep parked on the server meanwhile (re-poll's settle counts them).
+    pub also_parked: usize,
 }
 
 impl Options {
@@ -112,7 +120,7 @@ impl Options {
 
     pub fn runs(&self, s: Scenario) -> bool {
         match self.scenario {
-            Scenario::All => true,
+            Scenario::All => s != Scenario::Upgrade,
             Scenario::Fleet => matches!(s, Scenario::Density | Scenario::Fanout | Scenario::Ingest),
             own => own == s,
         }
@@ -190,6 +198,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
     let mut messages = DEFAULT_MESSAGES;
     let mut json = None;
     let mut label = None;
+    let mut upgrades = DEFAULT_UPGRADES;
     let mut i = 0;
     while i < args.len() {
         let name = args[i].as_str();
@@ -221,10 +230,11 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
                     "ingest" => Scenario::Ingest,
                     "idle" => Scenario::Idle,
                     "fleet" => Scenario::Fleet,
+                    "upgrade" => Scenario::Upgrade,
                     "all" => Scenario::All,
                     _ => {
                         return Err(format!(
-                        "--scenario {value}: expected density, fanout, repoll, ingest, idle, fleet or all"
+                        "--scenario {value}: expected density, fanout, repoll, ingest, idle, fleet, upgrade or all"
                     ))
                     }
                 }
@@ -238,6 +248,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
             "--messages" => messages = positive(name, value)? as u64,
             "--json" => json = Some(PathBuf::from(value)),
             "--label" => label = Some(value.to_string()),
+            "--upgrades" => upgrades = positive(name, value)?,
             _ => return Err(format!("unknown option {name}")),
         }
         i += 2;
@@ -272,5 +283,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
         messages,
         json,
         label: label.unwrap_or_else(|| target.name().to_string()),
+        upgrades,
+        also_parked: 0,
     })))
 }

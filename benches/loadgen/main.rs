@@ -19,6 +19,7 @@ mod publisher;
 mod reactor;
 mod report;
 mod scenarios;
+mod upgrade;
 
 use args::{Command, Options, Scenario};
 use report::Results;
@@ -42,8 +43,9 @@ fn run(o: &Options) -> (Results, Vec<String>) {
             return (res, errors);
         }
     };
-    let biggest = if o.runs(Scenario::Density) || o.runs(Scenario::Fanout) || o.runs(Scenario::Idle)
-    {
+    let biggest = if o.runs(Scenario::Upgrade) {
+        o.conns + o.repoll_clients
+    } else if o.runs(Scenario::Density) || o.runs(Scenario::Fanout) || o.runs(Scenario::Idle) {
         o.conns.max(o.repoll_clients)
     } else {
         o.repoll_clients
@@ -94,6 +96,11 @@ fn run(o: &Options) -> (Results, Vec<String>) {
     if o.runs(Scenario::Ingest) {
         if let Err(e) = scenarios::ingest(o, &mut res) {
             fail("ingest", e, &mut errors);
+        }
+    }
+    if o.runs(Scenario::Upgrade) {
+        if let Err(e) = upgrade::upgrade(o, &mut res) {
+            fail("upgrade", e, &mut errors);
         }
     }
     (res, errors)

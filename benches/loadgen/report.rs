@@ -121,6 +121,19 @@ pub struct Results {
     pub idle_seconds: Option<u64>,
     /// Connections the load generator had to re-open (server closed or refused them).
     pub reconnects: u64,
+    /// The upgrade scenario's hand-overs, in order.
+    pub upgrades: Vec<Handover>,
+}
+
+/// One upgrade of the upgrade scenario.
+#[derive(Debug, Clone, Default)]
+pub struct Handover {
+    /// From the `upgrade` request to the new process's answer (written once it serves).
+    pub serving_ms: f64,
+    /// From the request until the old process had exited.
+    pub gone_ms: f64,
+    pub pid: u64,
+    pub generation: u64,
 }
 
 /// Nearest-rank percentile of sorted `v` (`q` in 0..=1).
@@ -188,6 +201,10 @@ impl Results {
             "repoll_msgs_per_s": self.repoll.as_ref().map(|r| r.msgs_per_s),
             "ingest_msgs_per_s": self.ingest.as_ref().map(|i| i.msgs_per_s),
             "idle_cpu_s": self.idle_cpu_s,
+            "upgrades": self.upgrades.iter().map(|h| json!({
+                "serving_ms": h.serving_ms, "gone_ms": h.gone_ms, "pid": h.pid,
+                "generation": h.generation,
+            })).collect::<Vec<_>>(),
             "idle_seconds": self.idle_seconds,
             "repoll_violations": self.repoll.as_ref().map(|r| r.violations()),
             "repoll_resets": self.repoll.as_ref().map(|r| r.resets),

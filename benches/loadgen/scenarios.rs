@@ -402,7 +402,7 @@ fn repoll_part(
 ) -> Result<RepollPart, String> {
     let setup = (|| -> Result<Crowd, String> {
         let mut crowd = Crowd::new(o, size, channels.to_vec())?;
-        crowd.expect_parked = total;
+        crowd.expect_parked = total + o.also_parked;
         if t == 0 {
             let depth = match o.target {
                 Target::Pnsd => REPOLL_WINDOW as usize,

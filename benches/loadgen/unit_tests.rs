@@ -28,6 +28,8 @@ mod reactor;
 mod report;
 #[path = "scenarios.rs"]
 mod scenarios;
+#[path = "upgrade.rs"]
+mod upgrade;
 
 /// A command line split at whitespace, as the shell would hand it over.
 fn argv(s: &str) -> Vec<String> {
@@ -678,8 +680,9 @@ mod against_pnsd {
     }
 
     impl Pnsd {
-        fn start() -> Pnsd {
-            let dir = std::env::temp_dir().join(format!("loadgen-e2e-{}", std::process::id()));
+        fn start(name: &str) -> Pnsd {
+            let dir =
+                std::env::temp_dir().join(format!("loadgen-e2e-{}-{name}", std::process::id()));
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("temp dir: {e}"));
             let mut child = Process::new(env!("CARGO_BIN_EXE_pnsd"))
@@ -736,7 +739,7 @@ mod against_pnsd {
 
     #[test]
     fn every_scenario_runs_and_checks_out() {
-        let server = Pnsd::start();
+        let server = Pnsd::start("all");
         let o = server.options(
             "--conns 300 --rounds 2 --repoll-clients 40 --client-threads 2 --seconds 1 \
              --messages 2000",
@@ -770,6 +773,44 @@ mod against_pnsd {
             .clone()
             .unwrap_or_else(|| panic!("no ingest result"));
         assert_eq!((i.messages, i.failed), (2000, 0));
+        assert_eq!(res.reconnects, 0);
+    }
+
+    #[test]
+    fn the_upgrade_scenario_runs_and_checks_out() {
+        let server = Pnsd::start("upgrade");
+        let o = server.options(
+            "--scenario upgrade --upgrades 2 --conns 200 --repoll-clients 20 --client-threads 2 \
+             --seconds 2",
+        );
+        let mut res = Results::default();
+        let run = crate::upgrade::upgrade(&o, &mut res);
+        // The last process is not this test's child: end it whatever happened.
+        for h in &res.upgrades {
+            // SAFETY: kill(2) of a server process this test started (through its upgrades).
+            unsafe { libc::kill(h.pid as libc::pid_t, libc::SIGKILL) };
+        }
+        run.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(res.upgrades.len(), 2);
+        assert_eq!(
+            res.upgrades
+                .iter()
+                .map(|h| h.generation)
+                .collect::<Vec<_>>(),
+            vec![2, 3]
+        );
+        assert!(res.upgrades.iter().all(|h| h.serving_ms <= h.gone_ms));
+        let r = res
+            .repoll
+            .clone()
+            .unwrap_or_else(|| panic!("no re-poll result"));
+        assert_eq!((r.violations(), r.resets), (0, 0));
+        assert!(r.published > 0);
+        let f = res
+            .fanout
+            .clone()
+            .unwrap_or_else(|| panic!("no fan-out result"));
+        assert_eq!((f.samples, f.missing), (200, 0));
         assert_eq!(res.reconnects, 0);
     }
 }

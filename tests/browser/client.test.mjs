@@ -227,9 +227,7 @@ test("CORS: a wrong --cors-origin is reported through onError, and the client ke
   assert.equal(await b.page.evaluate(() => window.client.state), "backoff");
 });
 
-const CORS_ON_ERRORS = "pending: pnsd sends no CORS headers on 404 and on the over-capacity 503, and does not expose Retry-After (issue 11 item 3)";
-
-test("CORS on errors: a mistyped endpoint shows its JSON error to the page (404 not_found, not status 0)", { ...T, skip: CORS_ON_ERRORS }, async (t) => {
+test("CORS on errors: a mistyped endpoint shows its JSON error to the page (404 not_found, not status 0)", T, async (t) => {
   const s = await crossOrigin(t);
   if (!s) return;
   await openClient(s.page, s.site, { url: s.pnsd.origin + "/pns/pol", channels: ["user:42"], transport: "poll" });
@@ -240,7 +238,7 @@ test("CORS on errors: a mistyped endpoint shows its JSON error to the page (404 
   assert.equal(e.fatal, true);
 });
 
-test("503 with Retry-After across origins: the client reads Retry-After and waits at least that long", { ...T, skip: CORS_ON_ERRORS }, async (t) => {
+test("503 with Retry-After across origins: the client reads Retry-After and waits at least that long", T, async (t) => {
   const s = await crossOrigin(t, ["--max-connections", "1"]);
   if (!s) return;
   const held = holdPoll(t, s.pnsd.port);
@@ -253,7 +251,7 @@ test("503 with Retry-After across origins: the client reads Retry-After and wait
   assert.ok(got.errors.every((e) => e.status === 503 && e.retryInMs >= 1000));
 });
 
-test("repeatable --cors-origin: pages on two origins both receive", { ...T, skip: "pending: --cors-origin is not repeatable yet (issue 11 item 3)" }, async (t) => {
+test("repeatable --cors-origin: pages on two origins both receive", T, async (t) => {
   const b = await launchBrowser(t);
   if (!b) return;
   const a = await startStatic(t);

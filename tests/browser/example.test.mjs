@@ -17,10 +17,11 @@ test("webmail example: new mail notifications as they arrive; screenshot to docs
   const site = await startStatic(t);
   const pnsd = await startPnsd(t, { args: ["--cors-origin", site.origin] });
   const pub = await connectPublisher(t, pnsd.sock);
-  const q = new URLSearchParams({ pnsd: pnsd.pollUrl, channel: "user:42", transport: "poll" });
+  // The page's default transport (auto): an event stream in Chromium.
+  const q = new URLSearchParams({ pnsd: pnsd.pollUrl, channel: "user:42" });
   await b.page.setViewportSize({ width: 960, height: 400 });
   await b.page.goto(`${site.origin}/examples/webmail/?${q}`);
-  await waitFor(async () => (await b.page.textContent("#status")) === "live (poll)", "the page to be live");
+  await waitFor(async () => (await b.page.textContent("#status")) === "live (sse)", "the page to be live");
   await pub.waitParked(1);
   for (const m of MAILS) {
     await pub.publish("user:42", m, 70);

@@ -15,7 +15,7 @@
 use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::os::unix::net::UnixStream;
+use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -1456,4 +1456,38 @@ pub fn error_text(v: &Value) -> String {
         .as_str()
         .unwrap_or_else(|| panic!("error line without string error: {v}"))
         .to_string()
+}
+
+/// A notify socket in `dir` (named as `NOTIFY_SOCKET`) with a bounded `next`.
+pub struct NotifySocket {
+    sock: UnixDatagram,
+    pub path: PathBuf,
+}
+
+impl NotifySocket {
+    pub fn bind(dir: &TempDir) -> NotifySocket {
+        let path = dir.join("notify.sock");
+        let sock = UnixDatagram::bind(&path).expect("bind notify socket");
+        sock.set_read_timeout(Some(DEADLINE)).expect("timeout");
+        NotifySocket { sock, path }
+    }
+
+    /// The next datagram, waiting at most [`DEADLINE`].
+    pub fn next(&self) -> String {
+        let mut buf = [0u8; 1024];
+        let n = self
+            .sock
+            .recv(&mut buf)
+            .unwrap_or_else(|e| panic!("no notification within {DEADLINE:?}: {e}"));
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+
+    /// A datagram already queued, if any.
+    pub fn pending(&self) -> Option<String> {
+        self.sock.set_nonblocking(true).expect("nonblocking");
+        let mut buf = [0u8; 1024];
+        let got = self.sock.recv(&mut buf).ok();
+        self.sock.set_nonblocking(false).expect("blocking");
+        got.map(|n| String::from_utf8_lossy(&buf[..n]).into_owned())
+    }
 }
