@@ -121,13 +121,16 @@ impl Ingest {
     }
 
     /// Fleet mode: the fleet's epoch is `epoch`, the log read after `start_seq`; every
-    /// parked poll is answered `reset:true`.
+    /// parked poll is answered `reset:true`, unless the store already had this epoch (a
+    /// process an upgrade started keeps its predecessor's): then its cursors still mean the
+    /// same positions and only those below `start_seq` are reset, as after a gap.
     pub fn take_epoch(&self, epoch: u64, start_seq: u64) {
         let mut store = self.hub.write();
+        let kept = store.epoch() == epoch;
         store.take_epoch(epoch, start_seq);
         mirror(&self.hub, &store);
         drop(store);
-        self.tell_reset(true);
+        self.tell_reset(!kept);
     }
 
     /// Fleet mode: entries up to `seq` were lost to this node; every parked poll with a

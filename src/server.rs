@@ -425,7 +425,12 @@ pub fn serve(config: Config) -> Result<(), StartError> {
 
     let threads = config.threads;
     let state_file = config.state_file.clone();
-    let mut hub = Hub::new(config, max_connections, secret, cursor::random_epoch());
+    // An upgrade keeps the epoch its carried cursors are in; in fleet mode the feed then finds
+    // the fleet still on it and resets no carried poll (`Ingest::take_epoch`).
+    let epoch = inheritance
+        .as_ref()
+        .map_or_else(cursor::random_epoch, |i| i.state.store.epoch);
+    let mut hub = Hub::new(config, max_connections, secret, epoch);
     hub.access_log = access_log;
     if let Some(i) = &inheritance {
         let c = &hub.config;
@@ -437,7 +442,8 @@ pub fn serve(config: Config) -> Result<(), StartError> {
         hub.sessions.restore(i.state.sessions.clone(), now_ms, age);
         if hub.config.fleet.is_some() {
             // Fleet mode: the store is the log's, read again by this process's feed before
-            // anything is served (as at any node's start): same epoch, nothing missed.
+            // anything is served (as at any node's start): same epoch (the hub's, from the
+            // image), nothing missed.
             hub.generation = i.state.generation + 1;
         } else {
             hub = hub.restored(store, i.state.generation + 1);

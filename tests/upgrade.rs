@@ -4,7 +4,9 @@
 //! process, re-polling clients and a streaming publisher see every message exactly once, in
 //! order, with no reset and no connection error, over three upgrades in a row. Each failure of
 //! the new binary (missing, not executable, bad arguments, refusing the state, killed before
-//! taking over) leaves the old process serving exactly as before.
+//! taking over) leaves the old process serving exactly as before. In fleet mode (`--redis`)
+//! the new process reads the store again from the fleet's log instead of the image, and the
+//! same guarantees hold across the nodes.
 
 mod common;
 
@@ -16,6 +18,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::redis_server::RedisServer;
 use common::*;
 
 /// A server started from `DIR/bin/pnsd`, with a spare copy at `DIR/real/pnsd` for scripts to
@@ -510,4 +513,205 @@ fn event_streams_and_sessions_are_carried() {
     let b = check_poll(&s.http().request("/pns/poll?sid=carried&hold=0"));
     assert!(!b.reset, "{}", b.raw);
     assert_eq!(b.ids(), vec![second]);
+}
+
+/// One keyed line of a fleet publisher: its number, its ack id, and how many `ok:false`
+/// "outcome unknown" answers came before the keyed retry that was acked.
+struct Acked {
+    i: u64,
+    id: String,
+    unknown: usize,
+}
+
+/// Publishes `{"p":NAME,"i":n}` on channel `s` with key `NAME-n`, n = 0, 1, ..., one line at a
+/// time on one connection until `stop`; a line answered "outcome unknown" is sent again with
+/// the same key until acked. Returns the acks and the connection (to check nothing more comes).
+fn keyed_stream(
+    mut p: Publisher,
+    name: &'static str,
+    stop: Arc<AtomicBool>,
+    progress: Arc<std::sync::atomic::AtomicU64>,
+) -> thread::JoinHandle<(Vec<Acked>, Publisher)> {
+    thread::spawn(move || {
+        let mut acked = Vec::new();
+        let mut i = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            let line =
+                format!(r#"{{"channel":"s","data":{{"p":"{name}","i":{i}}},"key":"{name}-{i}"}}"#);
+            let mut unknown = 0;
+            let id = loop {
+                let v = p.request(&line);
+                if v["ok"] == true {
+                    break ack_id(&v);
+                }
+                let e = error_text(&v);
+                assert!(e.starts_with("outcome unknown"), "{name} line {i}: {e}");
+                unknown += 1;
+                thread::sleep(Duration::from_millis(20));
+            };
+            acked.push(Acked { i, id, unknown });
+            i += 1;
+            progress.fetch_add(1, Ordering::Relaxed);
+        }
+        (acked, p)
+    })
+}
+
+/// Re-polls channel `s` on `addr` from `cursor` over one keep-alive connection until the
+/// message whose data is `"end"`; every message before it, in order. No answer is a reset.
+fn follow_until_end(addr: std::net::SocketAddr, cursor: String) -> Vec<serde_json::Value> {
+    let mut conn = HttpConn::connect(addr);
+    let mut cursor = cursor;
+    let mut seen = Vec::new();
+    // Bounds a follower whose test failed before publishing the end.
+    let deadline = Instant::now() + 4 * DEADLINE;
+    loop {
+        assert!(Instant::now() < deadline, "{addr}: the end never came");
+        let a = check_poll(&conn.request(&poll_target(&["s"], Some(&cursor), Some(5))));
+        assert!(!a.reset, "{addr}: reset: {}", a.raw);
+        for m in a.msgs {
+            if m["data"] == "end" {
+                return seen;
+            }
+            seen.push(m);
+        }
+        cursor = a.cursor;
+    }
+}
+
+fn seq_of(id: &str) -> u64 {
+    pnsd::cursor::decode(id).expect("a cursor").seq
+}
+
+#[test]
+fn a_fleet_node_upgraded_twice_under_keyed_publishers_loses_repeats_and_resets_nothing() {
+    let Some(redis) = RedisServer::start("upgrade::fleet_node") else {
+        return;
+    };
+    let url = redis.url();
+    // Every message stays in the rings, so the followers can be checked against every ack.
+    let args = ["--redis", &url, "--threads", "2", "--buffer", "100000"];
+    let mut a = Installed::start(&args, |_| {});
+    let b = Server::start(&args);
+    let (mut parked, _) = park(&a.server, "quiet", 20);
+    a.server.wait_parked(20);
+    // Re-polling subscribers on both nodes, from the same fleet cursor.
+    let start = a.server.cursor_now("s");
+    assert_eq!(b.cursor_now("s"), start, "one fleet cursor");
+    let followers: Vec<_> = [a.server.addr, b.addr]
+        .into_iter()
+        .map(|addr| {
+            let start = start.clone();
+            thread::spawn(move || follow_until_end(addr, start))
+        })
+        .collect();
+    // Keyed publishers on A (its connection is carried by both upgrades) and on B.
+    let stop = Arc::new(AtomicBool::new(false));
+    let progress: [Arc<std::sync::atomic::AtomicU64>; 2] = Default::default();
+    let streams = [
+        keyed_stream(a.server.publisher(), "a", stop.clone(), progress[0].clone()),
+        keyed_stream(b.publisher(), "b", stop.clone(), progress[1].clone()),
+    ];
+    // Waits until each publisher had `n` more lines acked.
+    let wait_progress = |n: u64| {
+        let at = progress.each_ref().map(|p| p.load(Ordering::Relaxed));
+        let deadline = Instant::now() + DEADLINE;
+        while progress
+            .iter()
+            .zip(at)
+            .any(|(p, at)| p.load(Ordering::Relaxed) < at + n)
+        {
+            assert!(Instant::now() < deadline, "a publisher stalled");
+            thread::sleep(Duration::from_millis(2));
+        }
+    };
+    let mut old = a.server.child.id();
+    for round in 1..=2u64 {
+        wait_progress(20);
+        let pid = a.upgrade_ok();
+        let s = a.server.stats();
+        assert_eq!(s["pid"], pid, "stats after upgrade {round}: {s}");
+        assert_eq!(
+            s["generation"],
+            round + 1,
+            "stats after upgrade {round}: {s}"
+        );
+        assert_eq!(
+            s["redis_connected"], true,
+            "stats after upgrade {round}: {s}"
+        );
+        wait_gone(old);
+        old = pid;
+    }
+    // A's stream went on over its carried connection after the last hand-over.
+    wait_progress(20);
+    stop.store(true, Ordering::Relaxed);
+    let mut acks = Vec::new();
+    for (name, h) in ["a", "b"].into_iter().zip(streams) {
+        let (acked, mut p) = h.join().expect("publisher thread");
+        // Exactly one answer per line: the next line on the connection is the stats answer.
+        assert_eq!(p.stats()["generation"], if name == "a" { 3 } else { 1 });
+        assert!(
+            acked
+                .windows(2)
+                .all(|w| seq_of(&w[0].id) < seq_of(&w[1].id)),
+            "{name}: acks out of line order"
+        );
+        acks.push((name, acked));
+    }
+    let st = a
+        .server
+        .wait_exit(DEADLINE)
+        .expect("the first process exited");
+    assert!(st.success(), "the first process's exit: {st:?}");
+    a.server.publish("s", r#""end""#);
+
+    let mut delivered = Vec::new();
+    for f in followers {
+        let seen = f.join().expect("follower thread");
+        let seqs: Vec<u64> = seen
+            .iter()
+            .map(|m| seq_of(m["id"].as_str().expect("id")))
+            .collect();
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "out of order: {seqs:?}"
+        );
+        for (name, acked) in &acks {
+            // Every acked line once, in line order, under its ack's id: a keyed retry after an
+            // unknown outcome is never delivered twice.
+            let mine: Vec<(u64, &str)> = seen
+                .iter()
+                .filter(|m| m["data"]["p"] == *name)
+                .map(|m| {
+                    let i = m["data"]["i"].as_u64().expect("numbered data");
+                    (i, m["id"].as_str().expect("id"))
+                })
+                .collect();
+            let want: Vec<(u64, &str)> = acked.iter().map(|x| (x.i, x.id.as_str())).collect();
+            assert_eq!(mine, want, "{name}'s lines delivered");
+        }
+        assert_eq!(seen.len(), acks.iter().map(|(_, x)| x.len()).sum::<usize>());
+        delivered.push(seqs);
+    }
+    assert_eq!(
+        delivered[0], delivered[1],
+        "the two nodes delivered different logs"
+    );
+    let unknown: usize = acks.iter().flat_map(|(_, x)| x).map(|x| x.unknown).sum();
+    eprintln!(
+        "fleet upgrade: {} lines acked, {unknown} retried after an unknown outcome",
+        delivered[0].len()
+    );
+
+    // The polls parked on A before the first upgrade are answered by the third process on the
+    // next publish, made on B, with no reset.
+    let id = b.publish("quiet", r#""after""#);
+    expect_answered(&mut parked, &id);
+    let s = a.server.stats();
+    assert_eq!(
+        (s["generation"].as_u64(), s["redis_connected"].as_bool()),
+        (Some(3), Some(true)),
+        "{s}"
+    );
 }
