@@ -37,7 +37,7 @@ const DEFAULT_MESSAGES: u64 = 100_000;
 pub const USAGE: &str =
     "loadgen: usage: cargo bench --bench loadgen -- [--target pnsd|nchan|jetty] \
 [--addr HOST:PORT]... [--publish-socket PATH] [--publish-url URL] [--pid PID]... \
-[--scenario density|fanout|repoll|ingest|idle|fleet|upgrade|all] [--upgrades N] [--conns N] [--rounds N] [--repoll-clients N] \
+[--scenario density|fanout|repoll|ingest|idle|fleet|upgrade|sse-density|all] [--upgrades N] [--conns N] [--rounds N] [--repoll-clients N] \
 [--client-threads N] [--repoll-lag N] [--seconds N] [--messages N] [--json PATH] [--label NAME] (see benches/loadgen/README.md)";
 
 /// Which server dialect to speak.
@@ -70,6 +70,8 @@ pub enum Scenario {
     Fleet,
     /// Not part of `All`: it replaces the server process (pnsd only).
     Upgrade,
+    /// Not part of `All` (pnsd only): bytes per idle Server-Sent Events stream.
+    SseDensity,
     All,
 }
 
@@ -120,7 +122,7 @@ impl Options {
 
     pub fn runs(&self, s: Scenario) -> bool {
         match self.scenario {
-            Scenario::All => s != Scenario::Upgrade,
+            Scenario::All => !matches!(s, Scenario::Upgrade | Scenario::SseDensity),
             Scenario::Fleet => matches!(s, Scenario::Density | Scenario::Fanout | Scenario::Ingest),
             own => own == s,
         }
@@ -231,10 +233,11 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
                     "idle" => Scenario::Idle,
                     "fleet" => Scenario::Fleet,
                     "upgrade" => Scenario::Upgrade,
+                    "sse-density" => Scenario::SseDensity,
                     "all" => Scenario::All,
                     _ => {
                         return Err(format!(
-                        "--scenario {value}: expected density, fanout, repoll, ingest, idle, fleet, upgrade or all"
+                        "--scenario {value}: expected density, fanout, repoll, ingest, idle, fleet, upgrade, sse-density or all"
                     ))
                     }
                 }

@@ -1,5 +1,6 @@
 //! pnsd's load generator (issue 4): density, fan-out, re-poll, ingest and idle CPU against
-//! pnsd, nginx+nchan or a Jetty long-poll server. The command line is in `README.md` beside this file.
+//! pnsd, nginx+nchan or a Jetty long-poll server (upgrade and SSE density: pnsd only). The
+//! command line is in `README.md` beside this file.
 //!
 //! Invariants: one mio `Poll` per thread (no async runtime): one thread, except re-poll, which
 //! spreads its clients over `--client-threads` loops that share nothing but a start barrier and
@@ -19,9 +20,10 @@ mod publisher;
 mod reactor;
 mod report;
 mod scenarios;
+mod sse;
 mod upgrade;
 
-use args::{Command, Options, Scenario};
+use args::{Command, Options, Scenario, Target};
 use report::Results;
 
 /// Descriptors kept free beyond the client sockets: the epoll fd, publisher connections (at
@@ -45,7 +47,11 @@ fn run(o: &Options) -> (Results, Vec<String>) {
     };
     let biggest = if o.runs(Scenario::Upgrade) {
         o.conns + o.repoll_clients
-    } else if o.runs(Scenario::Density) || o.runs(Scenario::Fanout) || o.runs(Scenario::Idle) {
+    } else if o.runs(Scenario::Density)
+        || o.runs(Scenario::Fanout)
+        || o.runs(Scenario::Idle)
+        || o.runs(Scenario::SseDensity)
+    {
         o.conns.max(o.repoll_clients)
     } else {
         o.repoll_clients
@@ -101,6 +107,16 @@ fn run(o: &Options) -> (Results, Vec<String>) {
     if o.runs(Scenario::Upgrade) {
         if let Err(e) = upgrade::upgrade(o, &mut res) {
             fail("upgrade", e, &mut errors);
+        }
+    }
+    if o.runs(Scenario::SseDensity) {
+        if o.target != Target::Pnsd {
+            eprintln!(
+                "loadgen: sse-density is not supported for {} (pnsd only), skipped",
+                o.target.name()
+            );
+        } else if let Err(e) = sse::sse_density(o, &mut res) {
+            fail("sse-density", e, &mut errors);
         }
     }
     (res, errors)

@@ -101,6 +101,20 @@ pub struct Ingest {
     pub failed: u64,
 }
 
+/// The sse-density scenario: idle Server-Sent Events streams and the one event each received.
+#[derive(Clone, Debug, Default)]
+pub struct SseDensity {
+    pub streams: usize,
+    pub pss_idle_kb: Option<u64>,
+    pub pss_streams_kb: Option<u64>,
+    /// Server PSS growth per idle stream, bytes (with `--pid`).
+    pub bytes_per_stream: Option<f64>,
+    /// Streams that received the published event (all of them, or the scenario failed).
+    pub received: usize,
+    /// From just before the publish until the last stream had the event, ms.
+    pub event_ms: f64,
+}
+
 /// Everything one run measured.
 #[derive(Clone, Debug, Default)]
 pub struct Results {
@@ -123,6 +137,7 @@ pub struct Results {
     pub reconnects: u64,
     /// The upgrade scenario's hand-overs, in order.
     pub upgrades: Vec<Handover>,
+    pub sse: Option<SseDensity>,
 }
 
 /// One upgrade of the upgrade scenario.
@@ -224,6 +239,12 @@ impl Results {
             "kernel_slab_bytes_per_conn": self.kernel_slab_kb.map(|k| k as f64 * 1024.0 / self.conns as f64),
             "kernel_tcp_mem_pages_delta": self.kernel_tcp_mem_pages,
             "reconnects": self.reconnects,
+            "bytes_per_sse_stream": self.sse.as_ref().and_then(|s| s.bytes_per_stream),
+            "sse_density": self.sse.as_ref().map(|s| json!({
+                "streams": s.streams, "pss_idle_kb": s.pss_idle_kb,
+                "pss_streams_kb": s.pss_streams_kb, "bytes_per_stream": s.bytes_per_stream,
+                "received": s.received, "event_ms": s.event_ms,
+            })),
         })
     }
 }

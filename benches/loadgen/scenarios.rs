@@ -17,7 +17,7 @@ use std::sync::{Barrier, Mutex};
 use std::time::{Duration, Instant};
 
 /// Pause after parking before the second PSS reading (the method).
-const DENSITY_PAUSE: Duration = Duration::from_secs(2);
+pub const DENSITY_PAUSE: Duration = Duration::from_secs(2);
 /// Deadline for one fan-out round's answers (nchan takes ~0.4 s, Jetty ~2 s for 15,000).
 const FANOUT_DEADLINE: Duration = Duration::from_secs(60);
 /// Client floor: how long the unread answers must stay unchanged before they count as whole.

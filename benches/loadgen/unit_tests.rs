@@ -28,6 +28,8 @@ mod reactor;
 mod report;
 #[path = "scenarios.rs"]
 mod scenarios;
+#[path = "sse.rs"]
+mod sse;
 #[path = "upgrade.rs"]
 mod upgrade;
 
@@ -76,6 +78,18 @@ mod args_tests {
             panic!("did not parse")
         };
         assert_eq!(o.repoll_lag, 0);
+    }
+
+    #[test]
+    fn sse_density_runs_alone_never_in_all() {
+        let Ok(Command::Run(o)) = parse(&argv("--scenario sse-density")) else {
+            panic!("did not parse")
+        };
+        assert!(o.runs(Scenario::SseDensity) && !o.runs(Scenario::Density));
+        let Ok(Command::Run(o)) = parse(&argv("--scenario all")) else {
+            panic!("did not parse")
+        };
+        assert!(o.runs(Scenario::Density) && !o.runs(Scenario::SseDensity));
     }
 
     #[test]
@@ -774,6 +788,26 @@ mod against_pnsd {
             .unwrap_or_else(|| panic!("no ingest result"));
         assert_eq!((i.messages, i.failed), (2000, 0));
         assert_eq!(res.reconnects, 0);
+    }
+
+    #[test]
+    fn the_sse_density_scenario_runs_and_every_stream_gets_the_event() {
+        let server = Pnsd::start("sse");
+        let o = server.options("--scenario sse-density --conns 300");
+        let mut res = Results::default();
+        crate::sse::sse_density(&o, &mut res).unwrap_or_else(|e| panic!("{e}"));
+        let s = res
+            .sse
+            .clone()
+            .unwrap_or_else(|| panic!("no sse-density result"));
+        assert_eq!((s.streams, s.received), (300, 300));
+        assert!(s.bytes_per_stream.is_some() && s.pss_streams_kb.is_some());
+        let j = res.json();
+        assert_eq!(
+            j["bytes_per_sse_stream"],
+            serde_json::json!(s.bytes_per_stream)
+        );
+        assert_eq!(j["sse_density"]["received"], 300);
     }
 
     #[test]
