@@ -387,10 +387,11 @@ impl Parked {
         if sub.token_expired(cx.now) && !matches!(why, Why::Drain) {
             return error(&poll::token_expired());
         }
-        let (mut channels, session) = match why {
+        // One channel (most polls: no allocation, the shared encoding's key) or several.
+        let (mut one, mut many, session) = match why {
             Why::Published { last_seq, .. } if after >= last_seq => return None,
             Why::Published { channel, .. } if self.waiters.is_single(sub.waits()) => {
-                (vec![channel.clone()], None)
+                (Some(channel.clone()), Vec::new(), None)
             }
             _ => {
                 let mut v = self.waiters.channels_of(sub.waits());
@@ -399,17 +400,22 @@ impl Parked {
                     Some(last) if session::sid_of(last).is_some() => v.pop(),
                     _ => None,
                 };
-                (v, session)
+                if v.len() == 1 {
+                    (v.pop(), Vec::new(), session)
+                } else {
+                    (None, v, session)
+                }
             }
         };
         if matches!(why, Why::Drain) {
-            channels.clear();
+            one = None;
+            many.clear();
         }
-        let (out, built) = if channels.len() > 1 {
-            let (a, b) = self.read(&channels, after, close, cors_value, kind, why, cx)?;
+        let (out, built) = if many.len() > 1 {
+            let (a, b) = self.read(&many, after, close, cors_value, kind, why, cx)?;
             (Out::Own(a), b)
         } else {
-            let key = (channels.pop(), after, close, cors, kind);
+            let key = (one, after, close, cors, kind);
             let made = match self.shared.get(&key) {
                 Some(hit) => hit.clone(),
                 None => {
