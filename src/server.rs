@@ -61,24 +61,21 @@ pub const LISTEN_BACKLOG: i32 = 65_535;
 /// The contract's exit deadline after a signal is 5 s; threads get this much to finish.
 const EXIT_WAIT: Duration = Duration::from_millis(DRAIN_MS + 700);
 
-/// Why `serve` did not start: 2 for a bad option, 1 for a run-time failure.
+/// Why `serve` did not start. Every such failure is found at run time (exit 1): bad options
+/// and combinations are refused by `cli` before `serve` runs (exit 2).
 #[derive(Debug)]
 pub enum StartError {
-    Usage(String),
     Runtime(String),
 }
 
 impl StartError {
     pub fn exit_code(&self) -> i32 {
-        match self {
-            StartError::Usage(_) => 2,
-            StartError::Runtime(_) => 1,
-        }
+        1
     }
 
     pub fn message(&self) -> &str {
         match self {
-            StartError::Usage(m) | StartError::Runtime(m) => m,
+            StartError::Runtime(m) => m,
         }
     }
 }
